@@ -1,0 +1,28 @@
+//! Everything both phases of tinymim must agree on bit for bit.
+//!
+//! `extract` (the teacher, through ONNX Runtime) and `train` (the students, in candle) never
+//! read each other's code; they meet here:
+//!
+//! - [`view`]: a view is a crop box in source pixels plus a flip bit, sampled deterministically
+//!   from (image hash, run seed, view index) with RandomResizedCrop's recipe;
+//! - [`render`]: the one function that turns image bytes and a view into normalised pixels;
+//! - [`hash`]: image hashes, teacher fingerprints and content keys (blake3);
+//! - [`teacher`]: the teacher's geometry (tokens, heads, width, target block, …) and the ONNX
+//!   teacher contract;
+//! - [`encoding`]: the three encodings of relation targets (`maps`, `qkv`, `ln1`);
+//! - [`relation`]: relation maps softmax(q·kᵀ/√d), softmax(v·vᵀ/√d) computed on the CPU;
+//! - [`store`]: the content-addressed Zarr v3 relation store (`relations.zarr`).
+
+pub mod encoding;
+pub mod hash;
+pub mod relation;
+pub mod render;
+pub mod store;
+pub mod teacher;
+pub mod view;
+
+pub use encoding::Encoding;
+pub use hash::{content_key, Hash32};
+pub use render::{Normalization, RenderError, SourceImage};
+pub use teacher::TeacherGeometry;
+pub use view::{View, ViewRecipe};

@@ -1,0 +1,1 @@
+//! The content-addressed relation store, `relations.zarr` (Zarr v3, written with zarrs).

@@ -1,0 +1,1 @@
+//! End-to-end tests of the `extract` and `train` binaries; see `tests/tests/`.
