@@ -26,3 +26,8 @@ pub use hash::{content_key, Hash32};
 pub use render::{Normalization, RenderError, SourceImage};
 pub use teacher::TeacherGeometry;
 pub use view::{View, ViewRecipe};
+pub use relation::{decode_maps, relation_maps, split_heads_qkv};
+pub use store::{
+    ImageEntry, QkvParams, RelationStore, RowMeta, SegmentInfo, SegmentWriter, StoreError,
+    StoreHeader, StoreReader, VerifyProblem, VerifyReport,
+};

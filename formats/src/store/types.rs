@@ -1,0 +1,144 @@
+//! The records a store holds besides the targets: header, qkv parameters, image entries, row
+//! metadata, segment state and verification results.
+
+use serde::{Deserialize, Serialize};
+
+use crate::encoding::Encoding;
+use crate::hash::Hash32;
+use crate::teacher::TeacherGeometry;
+use crate::view::{View, ViewRecipe};
+
+/// What every row of a store shares: the teacher, its geometry, the encoding and the view recipe.
+/// Stored in the root group's attributes; a writer may only add to a store whose header equals
+/// its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoreHeader {
+    /// blake3 fingerprint of the teacher ONNX file.
+    pub teacher: Hash32,
+    /// The teacher's geometry (tokens, heads, width, target block, …).
+    pub geometry: TeacherGeometry,
+    /// How the targets are encoded.
+    pub encoding: Encoding,
+    /// The recipe the views were drawn with.
+    pub recipe: ViewRecipe,
+}
+
+/// The target block's qkv projection, stored once per `ln1` store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QkvParams {
+    /// Weight `[3D, D]`, row-major (rows: D of q, then D of k, then D of v).
+    pub weight: Vec<f32>,
+    /// Bias `[3D]`.
+    pub bias: Vec<f32>,
+}
+
+/// One source image in a segment's image table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageEntry {
+    /// blake3 of the image file's bytes.
+    pub hash: Hash32,
+    /// Path relative to the source root, `/`-separated.
+    pub path: String,
+    /// File size in bytes.
+    pub size: u64,
+    /// Class label (ImageNet layout: the parent folder), if any.
+    pub label: Option<String>,
+}
+
+/// The metadata of one row: its content key, the source image and the view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RowMeta {
+    /// Content key of (teacher, block, encoding, image, view).
+    pub key: Hash32,
+    /// blake3 of the source image's bytes.
+    pub image: Hash32,
+    /// The view the targets were computed on.
+    pub view: View,
+}
+
+/// State of one segment as recorded in its group attributes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SegmentInfo {
+    /// The segment's id (its folder name under `segments/`).
+    pub id: String,
+    /// Rows visible to readers (the commit watermark).
+    pub committed_rows: u64,
+    /// Whether the writer committed the segment (no more rows will come).
+    pub closed: bool,
+    /// Free-form summary the writer recorded at commit (timings, provider, …); null before.
+    pub summary: serde_json::Value,
+}
+
+/// A problem found by [`StoreReader::verify`](super::StoreReader::verify).
+#[derive(Clone, Debug, PartialEq)]
+pub enum VerifyProblem {
+    /// A row's chunks could not be read or failed their checksum.
+    Unreadable {
+        segment: String,
+        row: u64,
+        reason: String,
+    },
+    /// A row's stored content key is not the key of its (teacher, block, encoding, image, view).
+    WrongKey {
+        segment: String,
+        row: u64,
+        stored: Hash32,
+        expected: Hash32,
+    },
+    /// A row's image hash is missing from the segment's image table.
+    UnknownImage {
+        segment: String,
+        row: u64,
+        image: Hash32,
+    },
+}
+
+impl std::fmt::Display for VerifyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VerifyProblem::Unreadable {
+                segment,
+                row,
+                reason,
+            } => write!(f, "segment {segment} row {row}: unreadable: {reason}"),
+            VerifyProblem::WrongKey {
+                segment,
+                row,
+                stored,
+                expected,
+            } => write!(
+                f,
+                "segment {segment} row {row}: stored key {} but its content gives {}",
+                stored.short(),
+                expected.short()
+            ),
+            VerifyProblem::UnknownImage {
+                segment,
+                row,
+                image,
+            } => write!(
+                f,
+                "segment {segment} row {row}: image {} is not in the image table",
+                image.short()
+            ),
+        }
+    }
+}
+
+/// What [`StoreReader::verify`](super::StoreReader::verify) found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VerifyReport {
+    /// Rows checked.
+    pub rows: u64,
+    /// Segments checked.
+    pub segments: usize,
+    /// Everything wrong, in row order; empty for a sound store.
+    pub problems: Vec<VerifyProblem>,
+}
+
+impl VerifyReport {
+    /// True when no problem was found.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
