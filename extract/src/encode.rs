@@ -1,0 +1,136 @@
+//! Teacher outputs → one row of stored targets per view, in the store's encoding (float16).
+//!
+//! - `maps`: R_QK and R_VV `[2, H, N, N]`, computed from q, k, v with
+//!   [`tinymim_formats::relation_maps`] (the reference definition), views in parallel;
+//! - `qkv`: q, k, v stacked `[3, H, N, d]`;
+//! - `ln1`: the target block's normalised input `[N, D]`.
+
+use half::f16;
+use ndarray::s;
+use rayon::prelude::*;
+use tinymim_formats::{relation_maps, Encoding};
+
+use crate::teacher::TeacherBatch;
+
+/// Why a batch could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The `ln1` encoding was asked of a batch without the ln1 tensor.
+    #[error("the ln1 encoding needs the teacher's ln1 tensor, which this batch lacks")]
+    MissingLn1,
+}
+
+/// Encodes every view of `batch`: one `Vec<f16>` of `encoding.row_len(geometry)` per view.
+pub fn encode_batch(
+    encoding: Encoding,
+    batch: &TeacherBatch,
+) -> Result<Vec<Vec<f16>>, EncodeError> {
+    let views = 0..batch.len();
+    match encoding {
+        Encoding::Maps => Ok(views
+            .into_par_iter()
+            .map(|i| {
+                let maps = relation_maps(
+                    batch.q.slice(s![i, .., .., ..]),
+                    batch.k.slice(s![i, .., .., ..]),
+                    batch.v.slice(s![i, .., .., ..]),
+                );
+                to_f16(maps.iter())
+            })
+            .collect()),
+        Encoding::Qkv => Ok(views
+            .into_par_iter()
+            .map(|i| {
+                let q = batch.q.slice(s![i, .., .., ..]);
+                let k = batch.k.slice(s![i, .., .., ..]);
+                let v = batch.v.slice(s![i, .., .., ..]);
+                to_f16(q.iter().chain(k.iter()).chain(v.iter()))
+            })
+            .collect()),
+        Encoding::Ln1 => {
+            let ln1 = batch.ln1.as_ref().ok_or(EncodeError::MissingLn1)?;
+            Ok(views
+                .into_par_iter()
+                .map(|i| to_f16(ln1.slice(s![i, .., ..]).iter()))
+                .collect())
+        }
+    }
+}
+
+fn to_f16<'a>(values: impl Iterator<Item = &'a f32>) -> Vec<f16> {
+    values.map(|&x| f16::from_f32(x)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array3, Array4};
+
+    /// A batch of 2 views, H = 2, N = 3, d = 2 (D = 4), with distinct values everywhere.
+    fn batch() -> TeacherBatch {
+        let q = Array4::from_shape_fn((2, 2, 3, 2), |(b, h, n, d)| {
+            (b * 100 + h * 10 + n * 2 + d) as f32 * 0.01
+        });
+        let k = q.mapv(|x| 0.5 - x);
+        let v = q.mapv(|x| x * x);
+        let ln1 = Array3::from_shape_fn((2, 3, 4), |(b, n, c)| (b * 12 + n * 4 + c) as f32 * 0.1);
+        TeacherBatch {
+            q,
+            k,
+            v,
+            ln1: Some(ln1),
+            extra: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn qkv_rows_stack_q_k_v_of_their_own_view() {
+        let b = batch();
+        let rows = encode_batch(Encoding::Qkv, &b).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].len(), 3 * 2 * 3 * 2);
+        // Row 1, part k (index 1), head 1, token 2, channel 0.
+        let at = 12 + 6 + 2 * 2;
+        assert_eq!(rows[1][at], f16::from_f32(b.k[[1, 1, 2, 0]]));
+        assert_eq!(rows[0][0], f16::from_f32(b.q[[0, 0, 0, 0]]));
+    }
+
+    #[test]
+    fn maps_rows_are_row_stochastic_softmaxes_of_scaled_products() {
+        let b = batch();
+        let rows = encode_batch(Encoding::Maps, &b).unwrap();
+        assert_eq!(rows[0].len(), 2 * 2 * 3 * 3);
+        // Independent f64 reference for view 1, R_VV (index 1), head 0, query token 2.
+        let (view, head, i, d) = (1, 0, 2, 2usize);
+        let logits: Vec<f64> = (0..3)
+            .map(|j| {
+                (0..d)
+                    .map(|c| b.v[[view, head, i, c]] as f64 * b.v[[view, head, j, c]] as f64)
+                    .sum::<f64>()
+                    / (d as f64).sqrt()
+            })
+            .collect();
+        let max = logits.iter().cloned().fold(f64::MIN, f64::max);
+        let z: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+        for j in 0..3 {
+            let want = (logits[j] - max).exp() / z;
+            let got = rows[view][18 + head * 9 + i * 3 + j].to_f64();
+            assert!((got - want).abs() < 1e-3, "j = {j}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn ln1_rows_copy_the_view_and_need_ln1() {
+        let mut b = batch();
+        let rows = encode_batch(Encoding::Ln1, &b).unwrap();
+        assert_eq!(
+            rows[1][5],
+            f16::from_f32(b.ln1.as_ref().unwrap()[[1, 1, 1]])
+        );
+        b.ln1 = None;
+        assert!(matches!(
+            encode_batch(Encoding::Ln1, &b),
+            Err(EncodeError::MissingLn1)
+        ));
+    }
+}

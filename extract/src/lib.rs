@@ -1,0 +1,11 @@
+//! Phase one of tinymim: run a teacher ViT through ONNX Runtime over deterministic views of an
+//! image set and write its relation targets to a relation store.
+//!
+//! - [`runtime`]: finding and starting ONNX Runtime, choosing CPU or CUDA;
+//! - [`teacher`]: loading a teacher (exported, or third-party with a config) and running it to
+//!   the target block's q, k, v (and ln1);
+//! - [`encode`]: teacher outputs → float16 rows in the store's encoding.
+
+pub mod encode;
+pub mod runtime;
+pub mod teacher;
