@@ -1,0 +1,83 @@
+//! One distillation step: relation loss over micro-batches, accumulated gradients, optional
+//! clipping, an AdamW update at the scheduled learning rate.
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+use crate::grads::Gradients;
+use crate::loss::relation_loss;
+use crate::model::Student;
+use crate::optim::AdamW;
+use crate::rng::TrainRng;
+use crate::schedule::LrSchedule;
+
+/// Everything a run needs to continue exactly where it stopped; a checkpoint saves all of it.
+#[derive(Clone, Debug)]
+pub struct Distiller {
+    /// The student being trained.
+    pub student: Student,
+    /// Its optimiser (moments included).
+    pub optimizer: AdamW,
+    /// The learning-rate schedule.
+    pub schedule: LrSchedule,
+    /// The drop-path random stream.
+    pub rng: TrainRng,
+    /// Optimiser steps taken so far (the schedule's position).
+    pub step: u64,
+    /// Clip gradients to this global norm before each update (TinyMIM: none).
+    pub clip_grad: Option<f64>,
+}
+
+/// One micro-batch: normalised pixels `[B, 3, S, S]` and the teacher's relation maps
+/// `[B, H, N, N]` (probabilities).
+#[derive(Clone, Copy, Debug)]
+pub struct MicroBatch<'a> {
+    /// Student input.
+    pub pixels: &'a Tensor,
+    /// Teacher R_QK.
+    pub target_qk: &'a Tensor,
+    /// Teacher R_VV.
+    pub target_vv: &'a Tensor,
+}
+
+/// What one step did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    /// Mean relation loss over the micro-batches (before the update).
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+impl Distiller {
+    /// One optimiser step over `micro` micro-batches of equal size: each micro-batch's loss
+    /// is divided by their count and the gradients summed, so the update equals the one of a
+    /// single batch holding them all (up to drop-path draws).
+    pub fn step(&mut self, micro: &[MicroBatch]) -> Result<StepReport> {
+        let lr = self.schedule.lr_at(self.step);
+        let share = 1.0 / micro.len().max(1) as f64;
+        let mut grads = Gradients::default();
+        let mut loss = 0.0;
+        for batch in micro {
+            let (qk, vv) = self
+                .student
+                .relation_logits(batch.pixels, Some(&mut self.rng))?;
+            let l = (relation_loss(&qk, &vv, batch.target_qk, batch.target_vv)? * share)?;
+            loss += l.to_scalar::<f32>()? as f64;
+            grads.accumulate(Gradients::collect(self.student.params(), &l.backward()?))?;
+        }
+        let grad_norm = match self.clip_grad {
+            Some(max) => grads.clip_global_norm(max)?,
+            None => grads.global_norm()?,
+        };
+        self.optimizer.step(&grads, lr)?;
+        self.step += 1;
+        Ok(StepReport {
+            loss,
+            lr,
+            grad_norm,
+        })
+    }
+}

@@ -1,0 +1,123 @@
+//! Gradients by parameter name: collection after backward, accumulation over micro-batches,
+//! and clipping by global norm.
+
+use std::collections::BTreeMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::Tensor;
+
+use crate::error::Result;
+use crate::model::Param;
+
+/// The gradient of each parameter that received one, keyed by its timm name. Parameters
+/// outside the loss's graph are absent (and AdamW leaves them untouched, as PyTorch does for
+/// a `None` grad).
+#[derive(Clone, Debug, Default)]
+pub struct Gradients {
+    grads: BTreeMap<String, Tensor>,
+}
+
+impl Gradients {
+    /// Collects the gradients of `params` from a backward pass.
+    pub fn collect(params: &[Param], store: &GradStore) -> Gradients {
+        let grads = params
+            .iter()
+            .filter_map(|p| Some((p.name.clone(), store.get(p.var.as_tensor())?.detach())))
+            .collect();
+        Gradients { grads }
+    }
+
+    /// The gradient of parameter `name`, if it received one.
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.grads.get(name)
+    }
+
+    /// Names and gradients, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.grads.iter().map(|(n, g)| (n.as_str(), g))
+    }
+
+    /// Adds `other` into `self` (gradient accumulation: the sum over micro-batches). A
+    /// parameter present in only one side keeps that side's gradient.
+    pub fn accumulate(&mut self, other: Gradients) -> Result<()> {
+        for (name, g) in other.grads {
+            let sum = match self.grads.remove(&name) {
+                Some(acc) => (acc + g)?,
+                None => g,
+            };
+            self.grads.insert(name, sum);
+        }
+        Ok(())
+    }
+
+    /// The global L2 norm over every gradient, √(Σ‖g‖²), accumulated in f64.
+    pub fn global_norm(&self) -> Result<f64> {
+        let mut sum = 0f64;
+        for g in self.grads.values() {
+            sum += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+        }
+        Ok(sum.sqrt())
+    }
+
+    /// Scales every gradient so that the global norm is at most `max_norm` (PyTorch's
+    /// `clip_grad_norm_`: factor max_norm / (norm + 1e-6), only when below 1). Returns the
+    /// norm before clipping.
+    pub fn clip_global_norm(&mut self, max_norm: f64) -> Result<f64> {
+        let norm = self.global_norm()?;
+        let factor = max_norm / (norm + 1e-6);
+        if factor < 1.0 {
+            for g in self.grads.values_mut() {
+                *g = (&*g * factor)?;
+            }
+        }
+        Ok(norm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn grads(pairs: &[(&str, &[f32])]) -> Gradients {
+        Gradients {
+            grads: pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), Tensor::new(*v, &Device::Cpu).unwrap()))
+                .collect(),
+        }
+    }
+
+    fn values(g: &Gradients, name: &str) -> Vec<f32> {
+        g.get(name).unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn accumulation_sums_and_keeps_one_sided_entries() {
+        let mut a = grads(&[("w", &[1.0, 2.0]), ("b", &[5.0])]);
+        a.accumulate(grads(&[("w", &[0.5, -1.0]), ("c", &[3.0])]))
+            .unwrap();
+        assert_eq!(values(&a, "w"), vec![1.5, 1.0]);
+        assert_eq!(values(&a, "b"), vec![5.0]);
+        assert_eq!(values(&a, "c"), vec![3.0]);
+    }
+
+    #[test]
+    fn clipping_rescales_to_the_max_norm_only_when_above() {
+        // Global norm of (3, 4) and (12) is 13.
+        let mut g = grads(&[("a", &[3.0, 4.0]), ("b", &[12.0])]);
+        assert!((g.clip_global_norm(26.0).unwrap() - 13.0).abs() < 1e-9);
+        assert_eq!(values(&g, "a"), vec![3.0, 4.0], "below the max: untouched");
+        let norm = g.clip_global_norm(1.0).unwrap();
+        assert!((norm - 13.0).abs() < 1e-9);
+        let f = 1.0 / (13.0 + 1e-6);
+        for (got, want) in values(&g, "a").iter().zip([3.0 * f, 4.0 * f]) {
+            assert!((*got as f64 - want).abs() < 1e-6);
+        }
+        assert!((g.global_norm().unwrap() - 1.0).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,87 @@
+//! Multi-head self-attention with a fused qkv projection (timm's `Attention`).
+
+use candle_core::{Tensor, D};
+
+use super::layers::Linear;
+use super::params::ParamBuilder;
+use crate::error::Result;
+
+/// Queries, keys and values after the head split, each `[B, H, N, d]`.
+#[derive(Clone, Debug)]
+pub struct HeadsQkv {
+    /// Queries.
+    pub q: Tensor,
+    /// Keys.
+    pub k: Tensor,
+    /// Values.
+    pub v: Tensor,
+}
+
+impl HeadsQkv {
+    /// d^-½, the scale of every product of two of these tensors.
+    fn scale(&self) -> Result<f64> {
+        Ok((self.q.dim(D::Minus1)? as f64).powf(-0.5))
+    }
+
+    /// The relation logits q·kᵀ·d^-½ and v·vᵀ·d^-½, each `[B, H, N, N]` (TINYMIM.md,
+    /// "Relation maps"; the scale multiplies after the product).
+    pub fn relation_logits(&self) -> Result<(Tensor, Tensor)> {
+        let scale = self.scale()?;
+        let qk = (self.q.matmul(&self.k.t()?)? * scale)?;
+        let vv = (self.v.matmul(&self.v.t()?)? * scale)?;
+        Ok((qk, vv))
+    }
+}
+
+/// Self-attention of one block: `qkv` (D → 3D, rows q, k, v) and `proj` (D → D).
+#[derive(Clone, Debug)]
+pub struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    /// `{prefix}.qkv` and `{prefix}.proj` for `heads` heads of width `dim / heads`.
+    pub(crate) fn new(
+        pb: &mut ParamBuilder,
+        prefix: &str,
+        dim: usize,
+        heads: usize,
+    ) -> Result<Self> {
+        Ok(Attention {
+            qkv: Linear::new(pb, &format!("{prefix}.qkv"), dim, 3 * dim)?,
+            proj: Linear::new(pb, &format!("{prefix}.proj"), dim, dim)?,
+            heads,
+        })
+    }
+
+    /// Projects normalised tokens `[B, N, D]` to q, k, v split into heads: head h takes
+    /// channels `[h·d, (h+1)·d)` of each of q, k and v.
+    pub fn qkv(&self, x: &Tensor) -> Result<HeadsQkv> {
+        let (b, n, dim) = x.dims3()?;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, n, 3, self.heads, dim / self.heads))?
+            .permute((2, 0, 3, 1, 4))?;
+        Ok(HeadsQkv {
+            q: qkv.get(0)?.contiguous()?,
+            k: qkv.get(1)?.contiguous()?,
+            v: qkv.get(2)?.contiguous()?,
+        })
+    }
+
+    /// proj(softmax(q·kᵀ·d^-½)·v) with the heads merged back, `[B, N, D]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, dim) = x.dims3()?;
+        let heads = self.qkv(x)?;
+        let logits = (heads.q.matmul(&heads.k.t()?)? * heads.scale()?)?;
+        let attn = candle_nn::ops::softmax(&logits, D::Minus1)?;
+        let out = attn
+            .matmul(&heads.v)?
+            .transpose(1, 2)?
+            .reshape((b, n, dim))?;
+        self.proj.forward(&out)
+    }
+}

@@ -1,0 +1,122 @@
+//! Linear, LayerNorm and MLP built from primitive tensor ops, so every parameter keeps its
+//! gradient (candle's fused `layer_norm` ops lose them; see DEPENDENCIES.md).
+
+use candle_core::{Tensor, Var, D};
+
+use super::params::ParamBuilder;
+use crate::error::Result;
+
+/// LayerNorm epsilon of every norm in the model (TINYMIM.md: 1e-6, not 1e-5).
+pub const LAYER_NORM_EPS: f64 = 1e-6;
+
+/// `y = x Wᵀ + b` on the last axis, W `[out, in]` as in PyTorch.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Var,
+    bias: Var,
+}
+
+impl Linear {
+    /// A xavier-uniform weight and a zero bias named `{prefix}.weight`, `{prefix}.bias`.
+    pub(crate) fn new(pb: &mut ParamBuilder, prefix: &str, inp: usize, out: usize) -> Result<Self> {
+        Ok(Linear {
+            weight: pb.xavier_uniform(&format!("{prefix}.weight"), &[out, inp])?,
+            bias: pb.constant(&format!("{prefix}.bias"), &[out], 0.0)?,
+        })
+    }
+
+    /// Applies the layer to `[..., in]`, returning `[..., out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        let inp = dims.pop().unwrap_or(1);
+        let rows = x.elem_count() / inp.max(1);
+        let y = x
+            .reshape((rows, inp))?
+            .matmul(&self.weight.t()?)?
+            .broadcast_add(&self.bias)?;
+        dims.push(self.weight.dim(0)?);
+        Ok(y.reshape(dims)?)
+    }
+}
+
+/// LayerNorm over the last axis with learned scale and shift, eps [`LAYER_NORM_EPS`].
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    weight: Var,
+    bias: Var,
+}
+
+impl LayerNorm {
+    /// Weight 1 and bias 0 named `{prefix}.weight`, `{prefix}.bias`.
+    pub(crate) fn new(pb: &mut ParamBuilder, prefix: &str, dim: usize) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: pb.constant(&format!("{prefix}.weight"), &[dim], 1.0)?,
+            bias: pb.constant(&format!("{prefix}.bias"), &[dim], 0.0)?,
+        })
+    }
+
+    /// (x − mean) / √(var + eps) · weight + bias, with the biased variance as in PyTorch.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + LAYER_NORM_EPS)?.sqrt()?)?;
+        Ok(normed
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)?)
+    }
+}
+
+/// The block MLP: fc1, exact (erf) GELU, fc2.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    /// `{prefix}.fc1` (dim → hidden) and `{prefix}.fc2` (hidden → dim).
+    pub(crate) fn new(
+        pb: &mut ParamBuilder,
+        prefix: &str,
+        dim: usize,
+        hidden: usize,
+    ) -> Result<Self> {
+        Ok(Mlp {
+            fc1: Linear::new(pb, &format!("{prefix}.fc1"), dim, hidden)?,
+            fc2: Linear::new(pb, &format!("{prefix}.fc2"), hidden, dim)?,
+        })
+    }
+
+    /// fc2(GELU(fc1(x))).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+    }
+}
+
+/// The patch embedding: a `patch`×`patch` stride-`patch` conv from 3 channels to D, with bias.
+#[derive(Clone, Debug)]
+pub struct PatchEmbed {
+    weight: Var,
+    bias: Var,
+    patch: usize,
+}
+
+impl PatchEmbed {
+    /// `patch_embed.proj.weight` `[D, 3, p, p]` (xavier-uniform on its `(D, 3·p·p)` view) and
+    /// `patch_embed.proj.bias` (0).
+    pub(crate) fn new(pb: &mut ParamBuilder, dim: usize, patch: usize) -> Result<Self> {
+        Ok(PatchEmbed {
+            weight: pb.xavier_uniform("patch_embed.proj.weight", &[dim, 3, patch, patch])?,
+            bias: pb.constant("patch_embed.proj.bias", &[dim], 0.0)?,
+            patch,
+        })
+    }
+
+    /// Pixels `[B, 3, S, S]` to patch tokens `[B, (S/p)², D]`, row-major over the grid.
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let y = pixels.conv2d(&self.weight, 0, self.patch, 1, 1)?;
+        let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
+        Ok(y.flatten_from(2)?.transpose(1, 2)?)
+    }
+}

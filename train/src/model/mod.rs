@@ -1,0 +1,227 @@
+//! The ViT student (TINYMIM.md, "Models"): patch embedding, class token, fixed sin-cos
+//! position embedding, pre-norm blocks with drop path, and the adaptive last block.
+
+mod attention;
+mod block;
+mod layers;
+mod params;
+mod pos_embed;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+
+pub use attention::HeadsQkv;
+pub use layers::LAYER_NORM_EPS;
+pub use params::Param;
+pub use pos_embed::sincos_pos_embed;
+
+use crate::config::VitConfig;
+use crate::error::{expect_shape, Result, TrainError};
+use crate::rng::TrainRng;
+use block::{Block, BlockSpec};
+use layers::{LayerNorm, PatchEmbed};
+use params::ParamBuilder;
+
+/// Name of the materialised position embedding in exports (not a parameter).
+pub const POS_EMBED: &str = "pos_embed";
+
+/// A ViT student whose last block is *adaptive*: same width D, but the teacher's relation
+/// head count H (so d = D/H), for distillation against that teacher's relation maps.
+///
+/// Distillation computes only LN1 and qkv of the last block, so that block's `attn.proj`,
+/// `norm2`, `mlp` and the final `norm` never receive a gradient: they keep their initial
+/// values and exist so that exports load in timm/MAE code (see
+/// [`Student::receives_distillation_gradient`]).
+#[derive(Clone, Debug)]
+pub struct Student {
+    config: VitConfig,
+    relation_heads: usize,
+    patch_embed: PatchEmbed,
+    cls_token: candle_core::Var,
+    pos_embed: Tensor,
+    blocks: Vec<Block>,
+    norm: LayerNorm,
+    params: Vec<Param>,
+}
+
+impl Student {
+    /// A freshly initialised student (TINYMIM.md "Init": class token N(0, 0.02), xavier-uniform
+    /// linears and patch embedding, zero biases, LayerNorm 1/0), all random values drawn from
+    /// `seed`. The last block gets `relation_heads` heads, which must divide `config.dim`.
+    pub fn new(
+        config: &VitConfig,
+        relation_heads: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Student> {
+        config.validate("student")?;
+        config.validate_relation_heads(relation_heads)?;
+        let d = config.dim;
+        let mut pb = ParamBuilder::new(seed, device);
+        let cls_token = pb.normal("cls_token", &[1, 1, d], 0.02)?;
+        let patch_embed = PatchEmbed::new(&mut pb, d, config.patch)?;
+        let blocks = (0..config.depth)
+            .map(|i| {
+                let last = i + 1 == config.depth;
+                let spec = BlockSpec {
+                    dim: d,
+                    heads: if last { relation_heads } else { config.heads },
+                    mlp_dim: config.mlp_dim,
+                    drop_path: if last { 0.0 } else { config.drop_path },
+                };
+                Block::new(&mut pb, i, &spec)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm = LayerNorm::new(&mut pb, "norm", d)?;
+        Ok(Student {
+            config: config.clone(),
+            relation_heads,
+            patch_embed,
+            cls_token,
+            pos_embed: sincos_pos_embed(d, config.grid(), device)?,
+            blocks,
+            norm,
+            params: pb.finish(),
+        })
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &VitConfig {
+        &self.config
+    }
+
+    /// Heads of the adaptive last block (the teacher's relation head count).
+    pub fn relation_heads(&self) -> usize {
+        self.relation_heads
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> &Device {
+        self.pos_embed.device()
+    }
+
+    /// Every parameter, in timm's state-dict order (the position embedding is not one).
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// The fixed position embedding `[1, N, D]`.
+    pub fn pos_embed(&self) -> &Tensor {
+        &self.pos_embed
+    }
+
+    /// Whether distillation reaches parameter `name`: false for the last block's `attn.proj`,
+    /// `norm2` and `mlp` and for the final `norm`, which only the full forward
+    /// ([`Student::features`]) uses.
+    pub fn receives_distillation_gradient(&self, name: &str) -> bool {
+        let last = format!("blocks.{}.", self.config.depth - 1);
+        let unused_in_last = ["attn.proj.", "norm2.", "mlp."]
+            .iter()
+            .any(|part| name.starts_with(&format!("{last}{part}")));
+        !(unused_in_last || name.starts_with("norm."))
+    }
+
+    /// Overwrites every parameter from `tensors` (timm names; any float dtype, any device).
+    /// Every parameter must be present with its shape; `pos_embed`, if present, must have the
+    /// shape `[1, N, D]` and is otherwise ignored (it is fixed). `origin` names the source in
+    /// errors.
+    pub fn load_weights(&self, tensors: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
+        for name in tensors.keys() {
+            if name != POS_EMBED && !self.params.iter().any(|p| &p.name == name) {
+                return Err(TrainError::UnexpectedTensor {
+                    origin: origin.to_string(),
+                    tensor: name.clone(),
+                });
+            }
+        }
+        if let Some(pos) = tensors.get(POS_EMBED) {
+            expect_shape(
+                &format!("{origin}: `{POS_EMBED}`"),
+                pos,
+                self.pos_embed.dims(),
+            )?;
+        }
+        for p in &self.params {
+            let t = tensors
+                .get(&p.name)
+                .ok_or_else(|| TrainError::MissingTensor {
+                    origin: origin.to_string(),
+                    tensor: p.name.clone(),
+                })?;
+            expect_shape(&format!("{origin}: `{}`", p.name), t, p.var.dims())?;
+            p.var
+                .set(&t.to_dtype(DType::F32)?.to_device(self.device())?)?;
+        }
+        Ok(())
+    }
+
+    /// Parameters plus the materialised `pos_embed` `[1, N, D]`, with timm/MAE names: what an
+    /// exported `model.safetensors` holds.
+    pub fn export_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> = self
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.var.as_tensor().clone()))
+            .collect();
+        out.insert(1, (POS_EMBED.to_string(), self.pos_embed.clone()));
+        out
+    }
+
+    /// Pixels `[B, 3, S, S]` (f32, normalised) to tokens `[B, N, D]`: class token first, the
+    /// position embedding added to every token.
+    pub fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
+        let s = self.config.image_size;
+        let batch = pixels.dims().first().copied().unwrap_or(0);
+        expect_shape("pixels", pixels, &[batch, 3, s, s])?;
+        if pixels.dtype() != DType::F32 {
+            return Err(TrainError::Shape {
+                tensor: format!("pixels (dtype {:?}, expected f32)", pixels.dtype()),
+                expected: format!("[B, 3, {s}, {s}] f32"),
+                actual: pixels.dims().to_vec(),
+            });
+        }
+        let patches = self.patch_embed.forward(pixels)?;
+        let cls = self.cls_token.broadcast_as((batch, 1, self.config.dim))?;
+        let tokens = Tensor::cat(&[&cls, &patches], 1)?;
+        Ok(tokens.broadcast_add(&self.pos_embed)?)
+    }
+
+    /// q, k and v `[B, H, N, d]` of the last block (H = relation heads): every block but the
+    /// last runs in full, the last only LN1 and qkv. With `rng`, drop path is active.
+    pub fn relation_qkv(
+        &self,
+        pixels: &Tensor,
+        mut rng: Option<&mut TrainRng>,
+    ) -> Result<HeadsQkv> {
+        let (last, body) = self.blocks.split_last().expect("depth validated positive");
+        let mut x = self.embed(pixels)?;
+        for block in body {
+            x = block.forward(&x, rng.as_deref_mut())?;
+        }
+        last.qkv(&x)
+    }
+
+    /// The two relation logit maps `[B, H, N, N]`: q·kᵀ·d^-½ and v·vᵀ·d^-½ of the last block.
+    pub fn relation_logits(
+        &self,
+        pixels: &Tensor,
+        rng: Option<&mut TrainRng>,
+    ) -> Result<(Tensor, Tensor)> {
+        self.relation_qkv(pixels, rng)?.relation_logits()
+    }
+
+    /// Frozen features for a k-NN probe: every block in full (no drop path), then the final
+    /// `norm`; returns the class token `[B, D]` and the mean of the patch tokens `[B, D]`.
+    pub fn features(&self, pixels: &Tensor) -> Result<(Tensor, Tensor)> {
+        let mut x = self.embed(pixels)?;
+        for block in &self.blocks {
+            x = block.forward(&x, None)?;
+        }
+        let x = self.norm.forward(&x)?;
+        let n = x.dim(1)?;
+        let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
+        let mean = x.narrow(1, 1, n - 1)?.mean(1)?;
+        Ok((cls, mean))
+    }
+}
