@@ -1,1 +1,3 @@
+mod export;
+
 fn main() {}

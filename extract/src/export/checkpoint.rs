@@ -1,0 +1,153 @@
+//! Reading teacher weights by their timm/MAE names.
+//!
+//! Two formats: PyTorch `.pth` files (zip + pickle, read lazily one tensor at a time by
+//! candle's pickle reader), holding either a bare state dict or MAE's `{"model": state_dict}`;
+//! and `.safetensors` files (a student exported by `train`). Every tensor is handed out as
+//! float32, whatever its stored dtype.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::pickle::PthTensors;
+use candle_core::{DType, Device, Tensor};
+
+use super::error::ExportError;
+
+/// The key under which MAE's released checkpoints keep the encoder's state dict.
+const MAE_STATE_KEY: &str = "model";
+
+/// An opened checkpoint: tensor names and shapes, and lazy access to their values.
+pub struct Checkpoint {
+    path: PathBuf,
+    shapes: HashMap<String, Vec<usize>>,
+    tensors: Tensors,
+}
+
+enum Tensors {
+    Pth(PthTensors),
+    Safetensors(HashMap<String, Tensor>),
+}
+
+impl Checkpoint {
+    /// Opens a `.pth` (`.pt`, `.bin`) or `.safetensors` checkpoint, chosen by extension.
+    pub fn open(path: &Path) -> Result<Self, ExportError> {
+        let unreadable = |e: candle_core::Error| ExportError::CheckpointUnreadable {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        if !path.is_file() {
+            return Err(ExportError::CheckpointUnreadable {
+                path: path.to_path_buf(),
+                reason: "no such file".into(),
+            });
+        }
+        let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let tensors = match extension.to_ascii_lowercase().as_str() {
+            "pth" | "pt" | "bin" => {
+                // A bare state dict has tensors at the top level; MAE nests it under `model`.
+                let bare = PthTensors::new(path, None).map_err(unreadable)?;
+                if bare.tensor_infos().is_empty() {
+                    Tensors::Pth(PthTensors::new(path, Some(MAE_STATE_KEY)).map_err(|_| {
+                        ExportError::NoTensors {
+                            path: path.to_path_buf(),
+                        }
+                    })?)
+                } else {
+                    Tensors::Pth(bare)
+                }
+            }
+            "safetensors" => Tensors::Safetensors(
+                candle_core::safetensors::load(path, &Device::Cpu).map_err(unreadable)?,
+            ),
+            _ => {
+                return Err(ExportError::CheckpointFormat {
+                    path: path.to_path_buf(),
+                })
+            }
+        };
+        let shapes: HashMap<String, Vec<usize>> = match &tensors {
+            Tensors::Pth(pth) => pth
+                .tensor_infos()
+                .iter()
+                .map(|(name, info)| (name.clone(), info.layout.shape().dims().to_vec()))
+                .collect(),
+            Tensors::Safetensors(map) => map
+                .iter()
+                .map(|(name, t)| (name.clone(), t.dims().to_vec()))
+                .collect(),
+        };
+        if shapes.is_empty() {
+            return Err(ExportError::NoTensors {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            shapes,
+            tensors,
+        })
+    }
+
+    /// The checkpoint file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The shape of tensor `name`, if present.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.shapes.get(name).map(Vec::as_slice)
+    }
+
+    /// All tensor names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.shapes.keys().map(String::as_str)
+    }
+
+    /// Checks that tensor `name` exists with shape `expected`; `arch` describes the architecture
+    /// for the error message.
+    pub fn expect_shape(
+        &self,
+        name: &str,
+        expected: &[usize],
+        arch: &str,
+    ) -> Result<(), ExportError> {
+        match self.shape(name) {
+            None => Err(ExportError::MissingTensor {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+                expected: expected.to_vec(),
+            }),
+            Some(found) if found != expected => Err(ExportError::ShapeMismatch {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+                expected: expected.to_vec(),
+                found: found.to_vec(),
+                arch: arch.to_string(),
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Loads tensor `name` as row-major float32 values.
+    pub fn load_f32(&self, name: &str) -> Result<Vec<f32>, ExportError> {
+        let unreadable = |reason: String| ExportError::CheckpointUnreadable {
+            path: self.path.clone(),
+            reason: format!("tensor `{name}`: {reason}"),
+        };
+        let tensor = match &self.tensors {
+            Tensors::Pth(pth) => pth
+                .get(name)
+                .map_err(|e| unreadable(e.to_string()))?
+                .ok_or_else(|| unreadable("missing".into()))?,
+            Tensors::Safetensors(map) => map
+                .get(name)
+                .cloned()
+                .ok_or_else(|| unreadable("missing".into()))?,
+        };
+        tensor
+            .to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| unreadable(e.to_string()))
+    }
+}
