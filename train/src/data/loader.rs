@@ -1,0 +1,157 @@
+//! The prefetching loader: a background thread assembles micro-batches (targets read from the
+//! store or teacher pixels rendered, student pixels rendered and jittered, in parallel with
+//! rayon) and hands them to the training step through a bounded channel, so the step only
+//! waits when the loader falls behind.
+
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use half::f16;
+use rayon::prelude::*;
+use tinymim_formats::StoreReader;
+
+use super::error::Result;
+use super::images::ImageCatalog;
+use super::order::{epoch_order, BatchPlan};
+use super::pixels::{decode_images, render_rows, RenderSpec};
+use super::rows::{Row, RowSet};
+
+/// Where a micro-batch's targets come from.
+#[derive(Clone)]
+pub enum TargetFeed {
+    /// Raw rows read from a relation store.
+    Store(Arc<StoreReader>),
+    /// Pixels for a teacher that computes the targets on the training device.
+    Teacher(RenderSpec),
+}
+
+/// The targets of a micro-batch as the loader delivers them.
+#[derive(Clone, Debug)]
+pub enum Payload {
+    /// Raw float16 rows of the store's encoding, back to back.
+    Stored(Vec<f16>),
+    /// The teacher's input `[B, 3, S, S]` (no jitter).
+    TeacherPixels(Vec<f32>),
+}
+
+/// One micro-batch, ready to become tensors.
+#[derive(Clone, Debug)]
+pub struct LoadedBatch {
+    /// Epoch it belongs to.
+    pub epoch: u64,
+    /// Its rows, in batch order.
+    pub rows: Vec<Row>,
+    /// Student input `[B, 3, S, S]`, normalised (and jittered unless disabled).
+    pub pixels: Vec<f32>,
+    /// Targets.
+    pub payload: Payload,
+}
+
+/// What the loader produces: micro-batches `first..first + count` of a run.
+#[derive(Clone)]
+pub struct LoaderSpec {
+    /// The training set in canonical order.
+    pub rows: Arc<RowSet>,
+    /// Where the source images are.
+    pub catalog: Arc<ImageCatalog>,
+    /// Batch size, accumulation, seed.
+    pub plan: BatchPlan,
+    /// How student pixels are rendered.
+    pub student: RenderSpec,
+    /// Where targets come from.
+    pub feed: TargetFeed,
+    /// First micro-batch (counted from the start of the run: resume skips the done ones).
+    pub first: u64,
+    /// Number of micro-batches.
+    pub count: u64,
+    /// Micro-batches assembled ahead of the step (the channel's bound).
+    pub prefetch: usize,
+}
+
+/// Assembles one micro-batch (used by the loader thread, and directly by benchmarks).
+pub fn load_micro_batch(spec: &LoaderSpec, micro: u64, order: &[usize]) -> Result<LoadedBatch> {
+    let epoch = spec.plan.epoch_of(micro);
+    let rows: Vec<Row> = spec
+        .plan
+        .micro_rows(micro, order)
+        .iter()
+        .map(|&i| *spec.rows.get(i))
+        .collect();
+    let images = decode_images(&spec.catalog, &rows)?;
+    let pixels = render_rows(&images, &rows, epoch, &spec.student)?;
+    let payload = match &spec.feed {
+        TargetFeed::Store(reader) => {
+            let parts = rows
+                .par_iter()
+                .map(|r| {
+                    let i = r.store_row.expect("cache rows carry their store row");
+                    Ok(reader.targets(i)?)
+                })
+                .collect::<Result<Vec<Vec<f16>>>>()?;
+            Payload::Stored(parts.concat())
+        }
+        TargetFeed::Teacher(teacher) => {
+            Payload::TeacherPixels(render_rows(&images, &rows, epoch, teacher)?)
+        }
+    };
+    Ok(LoadedBatch {
+        epoch,
+        rows,
+        pixels,
+        payload,
+    })
+}
+
+/// A running loader; iterate it to receive micro-batches in order. Dropping it stops the
+/// background thread after the micro-batch it is assembling.
+pub struct Loader {
+    receiver: Option<Receiver<Result<LoadedBatch>>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Loader {
+    /// Starts the background thread.
+    pub fn start(spec: LoaderSpec) -> Loader {
+        let (sender, receiver) = sync_channel(spec.prefetch.max(1));
+        let worker = std::thread::Builder::new()
+            .name("tinymim-loader".to_string())
+            .spawn(move || {
+                let mut order: Option<(u64, Vec<usize>)> = None;
+                for micro in spec.first..spec.first + spec.count {
+                    let epoch = spec.plan.epoch_of(micro);
+                    if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                        order = Some((epoch, epoch_order(spec.rows.len(), spec.plan.seed, epoch)));
+                    }
+                    let (_, rows) = order.as_ref().expect("set above");
+                    let batch = load_micro_batch(&spec, micro, rows);
+                    let failed = batch.is_err();
+                    if sender.send(batch).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .expect("the OS can start a thread");
+        Loader {
+            receiver: Some(receiver),
+            worker: Some(worker),
+        }
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Result<LoadedBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.receiver.as_ref()?.recv().ok()
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.receiver.take();
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}

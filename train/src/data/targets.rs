@@ -1,0 +1,120 @@
+//! Stored targets to relation maps on the training device: the raw float16 rows of any
+//! encoding decode to `(R_QK, R_VV)`, each `[B, H, N, N]` f32 (TINYMIM.md, "Relation maps").
+//!
+//! - `maps`: the stored maps themselves;
+//! - `qkv`: softmax(q·kᵀ·d^-½) and softmax(v·vᵀ·d^-½) of the stored q, k, v;
+//! - `ln1`: q, k, v = X̂Wᵀ + b from the stored LN1 output and the store's qkv weight and bias,
+//!   then as `qkv`.
+
+use candle_core::{DType, Device, Tensor, D};
+use half::f16;
+use tinymim_formats::{Encoding, QkvParams, StoreError, StoreHeader};
+
+use super::error::Result;
+use crate::model::HeadsQkv;
+
+/// Decodes a store's raw rows into relation maps on one device.
+#[derive(Clone, Debug)]
+pub struct TargetDecoder {
+    encoding: Encoding,
+    heads: usize,
+    tokens: usize,
+    dim: usize,
+    /// Wᵀ `[D, 3D]` and b `[3D]` of the teacher's target block (`ln1` only).
+    projection: Option<(Tensor, Tensor)>,
+    device: Device,
+}
+
+impl TargetDecoder {
+    /// A decoder for the store described by `header`; `qkv` (the store's qkv parameters) is
+    /// required for the `ln1` encoding.
+    pub fn new(header: &StoreHeader, qkv: Option<&QkvParams>, device: &Device) -> Result<Self> {
+        let g = &header.geometry;
+        let dim = g.dim as usize;
+        let projection = match header.encoding {
+            Encoding::Ln1 => {
+                let params = qkv.ok_or(StoreError::MissingQkvParams)?;
+                params.views(dim)?;
+                let weight = Tensor::from_slice(&params.weight, (3 * dim, dim), device)?;
+                let bias = Tensor::from_slice(&params.bias, 3 * dim, device)?;
+                Some((weight.t()?.contiguous()?, bias))
+            }
+            _ => None,
+        };
+        Ok(TargetDecoder {
+            encoding: header.encoding,
+            heads: g.heads as usize,
+            tokens: g.tokens as usize,
+            dim,
+            projection,
+            device: device.clone(),
+        })
+    }
+
+    /// Values of one raw row.
+    pub fn row_len(&self) -> usize {
+        let (h, n, d) = (self.heads, self.tokens, self.dim / self.heads);
+        match self.encoding {
+            Encoding::Maps => 2 * h * n * n,
+            Encoding::Qkv => 3 * h * n * d,
+            Encoding::Ln1 => n * self.dim,
+        }
+    }
+
+    /// The relation maps `(R_QK, R_VV)`, each `[B, H, N, N]` f32, of `raw` holding `B` rows
+    /// back to back.
+    pub fn decode(&self, raw: &[f16]) -> Result<(Tensor, Tensor)> {
+        let len = self.row_len();
+        if raw.is_empty() || raw.len() % len != 0 {
+            return Err(StoreError::Length {
+                what: format!("a batch of `{}` target rows", self.encoding),
+                expected: len * (raw.len() / len).max(1),
+                got: raw.len(),
+            }
+            .into());
+        }
+        let b = raw.len() / len;
+        let (h, n, d) = (self.heads, self.tokens, self.dim / self.heads);
+        let values = Tensor::from_slice(raw, raw.len(), &self.device)?.to_dtype(DType::F32)?;
+        match (self.encoding, &self.projection) {
+            (Encoding::Maps, _) => {
+                let maps = values.reshape((b, 2, h, n, n))?;
+                Ok((maps.get_on_dim(1, 0)?, maps.get_on_dim(1, 1)?))
+            }
+            (Encoding::Qkv, _) => {
+                let qkv = values.reshape((b, 3, h, n, d))?;
+                let heads = HeadsQkv {
+                    q: qkv.get_on_dim(1, 0)?.contiguous()?,
+                    k: qkv.get_on_dim(1, 1)?.contiguous()?,
+                    v: qkv.get_on_dim(1, 2)?.contiguous()?,
+                };
+                relation_maps(&heads)
+            }
+            (Encoding::Ln1, Some((weight_t, bias))) => {
+                let qkv = values
+                    .reshape((b * n, self.dim))?
+                    .matmul(weight_t)?
+                    .broadcast_add(bias)?
+                    .reshape((b, n, 3, h, d))?
+                    .permute((2, 0, 3, 1, 4))?;
+                let heads = HeadsQkv {
+                    q: qkv.get(0)?.contiguous()?,
+                    k: qkv.get(1)?.contiguous()?,
+                    v: qkv.get(2)?.contiguous()?,
+                };
+                relation_maps(&heads)
+            }
+            (Encoding::Ln1, None) => Err(StoreError::MissingQkvParams.into()),
+        }
+    }
+}
+
+/// Relation maps of q, k, v: the softmax over keys of the relation logits, detached (targets
+/// carry no gradient).
+pub fn relation_maps(heads: &HeadsQkv) -> Result<(Tensor, Tensor)> {
+    let (qk, vv) = heads.relation_logits()?;
+    Ok((
+        candle_nn::ops::softmax(&qk, D::Minus1)?.detach(),
+        candle_nn::ops::softmax(&vv, D::Minus1)?.detach(),
+    ))
+}
