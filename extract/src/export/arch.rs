@@ -73,6 +73,7 @@ pub struct ArchArgs {
 /// An architecture file: a TOML preset or a student's `config.json`.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct ArchFile {
+    #[serde(alias = "architecture")]
     arch: Option<String>,
     #[serde(alias = "embed_dim")]
     dim: Option<usize>,
