@@ -12,7 +12,7 @@ pub enum StoreError {
     /// The store was written for something else than the caller's header.
     #[error("store and writer disagree on {what}: the store has {store}, the writer has {writer}")]
     Mismatch {
-        what: &'static str,
+        what: String,
         store: String,
         writer: String,
     },
@@ -26,12 +26,30 @@ pub enum StoreError {
         expected: usize,
         got: usize,
     },
+    /// A teacher geometry no relation map can have.
+    #[error("teacher geometry with {tokens} tokens, {heads} heads and width {dim}: tokens and heads must be positive and heads must divide the width")]
+    BadGeometry { tokens: u32, heads: u32, dim: u32 },
     /// A row index past the end of the store.
     #[error("row {index} is out of range: the store has {len} rows")]
     RowOutOfRange { index: usize, len: usize },
     /// A segment writer was given more rows than the capacity it was begun with.
     #[error("segment {segment}: capacity of {capacity} rows exceeded")]
     CapacityExceeded { segment: String, capacity: u64 },
+    /// A pushed row's content key is not the key of its (teacher, block, encoding, image, view).
+    #[error("segment {segment}: row key {given} is not the content key {expected} of image {image} view {view:?}")]
+    WrongKey {
+        segment: String,
+        given: crate::Hash32,
+        expected: crate::Hash32,
+        image: crate::Hash32,
+        view: crate::View,
+    },
+    /// A pushed row names an image that was not added to the segment's image table first.
+    #[error("segment {segment}: image {image} of a pushed row is not in the image table (call add_image first)")]
+    UnknownImage {
+        segment: String,
+        image: crate::Hash32,
+    },
     /// Well-formed Zarr whose content breaks the tinymim layout or contract.
     #[error("{path}: corrupt store: {reason}")]
     Corrupt { path: PathBuf, reason: String },
@@ -52,14 +70,42 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Wraps any zarrs error with the path of the node it concerns.
-    pub(crate) fn zarr(
-        path: impl Into<PathBuf>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
+    /// Wraps any zarrs error with the node path (`/segments/…`) it concerns; the path is kept
+    /// relative to the store until [`within`](Self::within) anchors it.
+    pub(crate) fn zarr(node: &str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         StoreError::Zarr {
-            path: path.into(),
+            path: node_path(node),
             source: Box::new(source),
+        }
+    }
+
+    /// A [`StoreError::Corrupt`] about node path `node`.
+    pub(crate) fn corrupt(node: &str, reason: impl Into<String>) -> Self {
+        StoreError::Corrupt {
+            path: node_path(node),
+            reason: reason.into(),
+        }
+    }
+
+    /// Anchors store-relative paths at the store folder `root`, so messages name real files.
+    pub(crate) fn within(self, root: &std::path::Path) -> Self {
+        let anchor = |path: PathBuf| {
+            if path.is_relative() {
+                root.join(path)
+            } else {
+                path
+            }
+        };
+        match self {
+            StoreError::Zarr { path, source } => StoreError::Zarr {
+                path: anchor(path),
+                source,
+            },
+            StoreError::Corrupt { path, reason } => StoreError::Corrupt {
+                path: anchor(path),
+                reason,
+            },
+            other => other,
         }
     }
 
@@ -70,6 +116,11 @@ impl StoreError {
             source,
         }
     }
+}
+
+/// A zarrs node path (`/segments/x`) as a store-relative path (`segments/x`).
+fn node_path(node: &str) -> PathBuf {
+    PathBuf::from(node.trim_start_matches('/'))
 }
 
 /// Result of store operations.

@@ -37,12 +37,19 @@
 //! invisible, and a crash loses at most the rows after the last checkpoint.
 
 mod error;
+mod header;
+mod layout;
 mod reader;
-mod types;
+mod targets;
+pub(crate) mod types;
 mod writer;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use zarrs::storage::{ListableStorageTraits, StorePrefix};
 
 pub use error::{Result, StoreError};
 pub use reader::StoreReader;
@@ -51,11 +58,16 @@ pub use types::{
 };
 pub use writer::SegmentWriter;
 
+use crate::encoding::Encoding;
 use crate::hash::Hash32;
+use header::{check_same, RootAttributes};
+use layout::{group_attributes, write_group, SegmentState, Storage, SEGMENTS};
+use types::check_geometry;
 
 /// A relation store on the local file system.
 pub struct RelationStore {
     path: PathBuf,
+    storage: Arc<Storage>,
     header: StoreHeader,
 }
 
@@ -64,20 +76,90 @@ impl RelationStore {
     /// `header`. A differing teacher fingerprint, geometry, encoding or view recipe is refused
     /// with [`StoreError::Mismatch`] naming the field and both values. The `ln1` encoding needs
     /// `qkv` (the target block's qkv weight and bias), which must equal the stored ones when the
-    /// store exists.
+    /// store exists. A folder that exists, is not empty and holds no store is refused.
     pub fn create_or_open(
         path: &Path,
         header: &StoreHeader,
         qkv: Option<&QkvParams>,
     ) -> Result<Self> {
-        let _ = (path, header, qkv);
-        todo!()
+        check_geometry(&header.geometry)?;
+        let dim = header.geometry.dim as usize;
+        let qkv = match (header.encoding, qkv) {
+            (Encoding::Ln1, None) => return Err(StoreError::MissingQkvParams),
+            (Encoding::Ln1, Some(params)) => {
+                params.views(dim)?;
+                Some(params)
+            }
+            _ => None,
+        };
+        if !path.join("zarr.json").exists() {
+            Self::create(path, header, qkv)?;
+        }
+        let store = Self::open(path)?;
+        check_same(&store.header, header)?;
+        if let Some(params) = qkv {
+            let stored = store.qkv_params()?.ok_or_else(|| {
+                StoreError::corrupt("teacher", "an ln1 store without qkv parameters").within(path)
+            })?;
+            for (what, s, w) in [
+                ("qkv weight", &stored.weight, &params.weight),
+                ("qkv bias", &stored.bias, &params.bias),
+            ] {
+                if s != w {
+                    return Err(StoreError::Mismatch {
+                        what: what.to_string(),
+                        store: values_digest(s),
+                        writer: values_digest(w),
+                    });
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// Writes a new store's skeleton; the root `zarr.json` comes last, so a half-created store
+    /// is no store.
+    fn create(path: &Path, header: &StoreHeader, qkv: Option<&QkvParams>) -> Result<()> {
+        let not_empty = std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_some());
+        if not_empty {
+            return Err(StoreError::NotAStore {
+                path: path.to_path_buf(),
+                reason: "the folder is not empty and holds no zarr.json; \
+                         choose a new or empty folder for a new store"
+                    .to_string(),
+            });
+        }
+        std::fs::create_dir_all(path.join("segments")).map_err(|e| StoreError::io(path, e))?;
+        let storage = Arc::new(open_storage(path)?);
+        let write = || -> Result<()> {
+            if let Some(params) = qkv {
+                layout::write_qkv_params(&storage, u64::from(header.geometry.dim), params)?;
+            }
+            write_group(&storage, SEGMENTS, Default::default())?;
+            write_group(&storage, "/", RootAttributes::of(header).to_attributes())
+        };
+        write().map_err(|e| e.within(path))
     }
 
     /// Opens an existing store.
     pub fn open(path: &Path) -> Result<Self> {
-        let _ = path;
-        todo!()
+        let not_a_store = |reason: String| StoreError::NotAStore {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if !path.is_dir() {
+            return Err(not_a_store("no such folder".to_string()));
+        }
+        let storage = Arc::new(open_storage(path)?);
+        let attributes = group_attributes(&storage, "/")
+            .map_err(|e| e.within(path))?
+            .ok_or_else(|| not_a_store("no zarr.json in the folder".to_string()))?;
+        let header = RootAttributes::parse(&attributes).map_err(not_a_store)?;
+        Ok(RelationStore {
+            path: path.to_path_buf(),
+            storage,
+            header,
+        })
     }
 
     /// The store's folder.
@@ -92,33 +174,163 @@ impl RelationStore {
 
     /// The target block's qkv weight and bias (`ln1` stores only; `None` otherwise).
     pub fn qkv_params(&self) -> Result<Option<QkvParams>> {
-        todo!()
+        let params = layout::read_qkv_params(&self.storage).map_err(|e| e.within(&self.path))?;
+        if let Some(p) = &params {
+            p.views(self.header.geometry.dim as usize)?;
+        }
+        Ok(params)
     }
 
-    /// Every segment with its watermark, ordered by id.
+    /// Every segment with its watermark, ordered by id. Segments still being created (no
+    /// metadata yet) are left out.
     pub fn segments(&self) -> Result<Vec<SegmentInfo>> {
-        todo!()
+        Ok(self
+            .segment_states()?
+            .into_iter()
+            .map(|(id, s)| SegmentInfo {
+                id,
+                committed_rows: s.committed_rows,
+                closed: s.closed,
+                summary: s.summary,
+            })
+            .collect())
     }
 
     /// Content keys of all committed rows (below each segment's watermark): a resumed
     /// extraction skips these.
     pub fn committed_keys(&self) -> Result<HashSet<Hash32>> {
-        todo!()
+        let mut keys = HashSet::new();
+        for (id, state) in self.segment_states()? {
+            if state.committed_rows > 0 {
+                keys.extend(
+                    reader::read_keys(&self.storage, &id, state.committed_rows)
+                        .map_err(|e| e.within(&self.path))?,
+                );
+            }
+        }
+        Ok(keys)
     }
 
-    /// Begins a new segment with a fresh unique id, for at most `capacity` rows.
+    /// Begins a new segment with a fresh unique id, for at most `capacity` rows, with shards of
+    /// about 32 MB (see [`default_shard_rows`](Self::default_shard_rows)).
     pub fn begin_segment(&self, capacity: u64) -> Result<SegmentWriter> {
-        let _ = capacity;
-        todo!()
+        self.begin_segment_with_shard_rows(capacity, self.default_shard_rows())
+    }
+
+    /// Rows per shard that [`begin_segment`](Self::begin_segment) uses: about 32 MB of
+    /// targets per shard, between 1 and 1024 rows.
+    pub fn default_shard_rows(&self) -> u64 {
+        let row_bytes = 2 * self.header.encoding.row_len(&self.header.geometry) as u64;
+        layout::default_shard_rows(row_bytes)
+    }
+
+    /// Begins a new segment with `shard_rows` rows per shard (at least 1): fewer rows per shard
+    /// make checkpoints finer-grained.
+    pub fn begin_segment_with_shard_rows(
+        &self,
+        capacity: u64,
+        shard_rows: u64,
+    ) -> Result<SegmentWriter> {
+        let id = self.claim_segment_id()?;
+        SegmentWriter::create(
+            self.path.clone(),
+            self.storage.clone(),
+            self.header.clone(),
+            id,
+            capacity,
+            shard_rows.max(1),
+        )
+        .map_err(|e| e.within(&self.path))
     }
 
     /// A reader over all committed rows, ordered by segment id then row.
     pub fn reader(&self) -> Result<StoreReader> {
-        todo!()
+        StoreReader::load(
+            self.path.clone(),
+            &self.storage,
+            self.header.clone(),
+            self.qkv_params()?,
+            self.segment_states()?,
+        )
+        .map_err(|e| e.within(&self.path))
     }
 
     /// Bytes the store occupies on disk (all files under its folder).
     pub fn disk_bytes(&self) -> Result<u64> {
-        todo!()
+        self.storage
+            .size()
+            .map_err(|e| StoreError::zarr("/", e).within(&self.path))
     }
+
+    /// (id, state) of every segment with metadata, ordered by id.
+    fn segment_states(&self) -> Result<Vec<(String, SegmentState)>> {
+        let prefix = StorePrefix::new("segments/").expect("a valid prefix");
+        let listing = self
+            .storage
+            .list_dir(&prefix)
+            .map_err(|e| StoreError::zarr(SEGMENTS, e).within(&self.path))?;
+        let mut ids: Vec<String> = listing
+            .prefixes()
+            .iter()
+            .filter_map(|p| p.as_str().strip_prefix("segments/"))
+            .map(|id| id.trim_end_matches('/').to_string())
+            .collect();
+        ids.sort();
+        let mut states = Vec::new();
+        for id in ids {
+            if let Some(state) =
+                SegmentState::read(&self.storage, &id).map_err(|e| e.within(&self.path))?
+            {
+                states.push((id, state));
+            }
+        }
+        Ok(states)
+    }
+
+    /// Creates the folder of a fresh segment: `<unix seconds>-<pid>-<n>-<8 hex>`, created
+    /// exclusively so that two writers never share one.
+    fn claim_segment_id(&self) -> Result<String> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        loop {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let pid = std::process::id();
+            let salt = format!(
+                "{}:{pid}:{n}:{:?}",
+                now.as_nanos(),
+                std::thread::current().id()
+            );
+            let id = format!(
+                "{:010}-{pid}-{n}-{}",
+                now.as_secs(),
+                &Hash32::of_bytes(salt.as_bytes()).to_hex()[..8]
+            );
+            let dir = self.path.join("segments").join(&id);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => return Ok(id),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(StoreError::io(dir, e)),
+            }
+        }
+    }
+}
+
+/// A short digest of float values, for mismatch messages.
+fn values_digest(values: &[f32]) -> String {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    format!(
+        "{} values, blake3 {}",
+        values.len(),
+        Hash32::of_bytes(&bytes).short()
+    )
+}
+
+/// The zarrs file-system storage rooted at `path`.
+fn open_storage(path: &Path) -> Result<Storage> {
+    Storage::new(path).map_err(|e| StoreError::Zarr {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })
 }

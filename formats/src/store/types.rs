@@ -1,7 +1,10 @@
 //! The records a store holds besides the targets: header, qkv parameters, image entries, row
 //! metadata, segment state and verification results.
 
+use ndarray::{ArrayView1, ArrayView2};
 use serde::{Deserialize, Serialize};
+
+use super::{Result, StoreError};
 
 use crate::encoding::Encoding;
 use crate::hash::Hash32;
@@ -30,6 +33,43 @@ pub struct QkvParams {
     pub weight: Vec<f32>,
     /// Bias `[3D]`.
     pub bias: Vec<f32>,
+}
+
+impl QkvParams {
+    /// The weight as `[3D, D]` and the bias as `[3D]`, for a block of width `dim`; a wrong
+    /// number of values is a [`StoreError::Length`] naming the tensor.
+    pub fn views(&self, dim: usize) -> Result<(ArrayView2<'_, f32>, ArrayView1<'_, f32>)> {
+        check_len("qkv weight [3D, D]", 3 * dim * dim, self.weight.len())?;
+        check_len("qkv bias [3D]", 3 * dim, self.bias.len())?;
+        let weight =
+            ArrayView2::from_shape((3 * dim, dim), &self.weight).expect("length checked above");
+        Ok((weight, ArrayView1::from(&self.bias)))
+    }
+}
+
+/// A [`StoreError::Length`] unless `got == expected`.
+pub(crate) fn check_len(what: &str, expected: usize, got: usize) -> Result<()> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(StoreError::Length {
+            what: what.to_string(),
+            expected,
+            got,
+        })
+    }
+}
+
+/// Refuses a geometry no relation map can have (zero tokens or heads, heads not dividing D).
+pub(crate) fn check_geometry(g: &TeacherGeometry) -> Result<()> {
+    if g.tokens == 0 || g.heads == 0 || g.dim == 0 || g.dim % g.heads != 0 {
+        return Err(StoreError::BadGeometry {
+            tokens: g.tokens,
+            heads: g.heads,
+            dim: g.dim,
+        });
+    }
+    Ok(())
 }
 
 /// One source image in a segment's image table.

@@ -1,48 +1,276 @@
 //! Writing one segment: buffered rows, whole shards, an atomic watermark.
 
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use half::f16;
 
-use super::{ImageEntry, Result, RowMeta, SegmentInfo};
+use super::layout::{
+    replace_chunk, row_chunk, write_array_metadata, zarr_err, ImageArrays, RowArrays, SegmentState,
+    Storage,
+};
+use super::types::check_len;
+use super::{ImageEntry, Result, RowMeta, SegmentInfo, StoreError, StoreHeader};
+use crate::hash::{content_key, Hash32};
 
-/// The single writer of one segment. Send it to the thread that extracts; see the module
-/// documentation of [`store`](crate::store) for the commit protocol. Dropping it without
+/// The single writer of one segment. Send it to the thread that extracts; see the
+/// [`store`](crate::store) module for the commit protocol. Dropping it without
 /// [`commit`](Self::commit) keeps the rows up to the last [`checkpoint`](Self::checkpoint).
 pub struct SegmentWriter {
+    root: PathBuf,
     id: String,
+    storage: Arc<Storage>,
+    header: StoreHeader,
+    row_len: usize,
+    rows: RowArrays,
+    image_arrays: ImageArrays,
+    state: SegmentState,
+    /// Rows in shards on disk (a multiple of the shard rows until commit).
+    written_rows: u64,
+    pending: PendingShard,
+    images: Vec<ImageEntry>,
+    image_hashes: HashSet<Hash32>,
+}
+
+/// Rows buffered for the shard being filled.
+#[derive(Default)]
+struct PendingShard {
+    rows: u64,
+    keys: Vec<u8>,
+    images: Vec<u8>,
+    views: Vec<u32>,
+    targets: Vec<f16>,
 }
 
 impl SegmentWriter {
+    /// Creates the segment's arrays and its (empty, invisible) state.
+    pub(super) fn create(
+        root: PathBuf,
+        storage: Arc<Storage>,
+        header: StoreHeader,
+        id: String,
+        capacity: u64,
+        shard_rows: u64,
+    ) -> Result<Self> {
+        let state = SegmentState {
+            committed_rows: 0,
+            committed_images: 0,
+            closed: false,
+            capacity,
+            shard_rows,
+            summary: serde_json::Value::Null,
+        };
+        state.write(&storage, &id)?;
+        let path = super::layout::segment_path(&id);
+        let rows = RowArrays::create(&storage, &path, &header, capacity, shard_rows)?;
+        let image_arrays = ImageArrays::create(&storage, &path, capacity.max(1))?;
+        Ok(SegmentWriter {
+            row_len: header.encoding.row_len(&header.geometry),
+            root,
+            id,
+            storage,
+            header,
+            rows,
+            image_arrays,
+            state,
+            written_rows: 0,
+            pending: PendingShard::default(),
+            images: Vec::new(),
+            image_hashes: HashSet::new(),
+        })
+    }
+
     /// The segment's id (its folder name under `segments/`).
     pub fn id(&self) -> &str {
         &self.id
     }
 
     /// Adds a source image to the segment's image table (an image already added is skipped).
+    /// Every row's image must be added before the row is pushed.
     pub fn add_image(&mut self, entry: ImageEntry) -> Result<()> {
-        let _ = entry;
-        todo!()
+        if self.image_hashes.insert(entry.hash) {
+            self.images.push(entry);
+        }
+        Ok(())
     }
 
-    /// Appends one row; `targets` must hold exactly one row of the store's encoding.
+    /// Appends one row; `targets` must hold exactly one row of the store's encoding, the row's
+    /// image must be in the image table and its key must be the content key of
+    /// (teacher, block, encoding, image, view). Writes a shard whenever one fills up.
     pub fn push(&mut self, row: RowMeta, targets: &[f16]) -> Result<()> {
-        let _ = (row, targets);
-        todo!()
+        let segment = &self.id;
+        check_len(
+            &format!("segment {segment}: targets of row {}", self.rows()),
+            self.row_len,
+            targets.len(),
+        )?;
+        if self.rows() >= self.state.capacity {
+            return Err(StoreError::CapacityExceeded {
+                segment: segment.clone(),
+                capacity: self.state.capacity,
+            });
+        }
+        if !self.image_hashes.contains(&row.image) {
+            return Err(StoreError::UnknownImage {
+                segment: segment.clone(),
+                image: row.image,
+            });
+        }
+        let h = &self.header;
+        let expected = content_key(
+            &h.teacher,
+            h.geometry.target_block,
+            h.encoding,
+            &row.image,
+            &row.view,
+        );
+        if row.key != expected {
+            return Err(StoreError::WrongKey {
+                segment: segment.clone(),
+                given: row.key,
+                expected,
+                image: row.image,
+                view: row.view,
+            });
+        }
+        let p = &mut self.pending;
+        p.keys.extend_from_slice(&row.key.0);
+        p.images.extend_from_slice(&row.image.0);
+        let v = row.view;
+        p.views
+            .extend_from_slice(&[v.x, v.y, v.w, v.h, u32::from(v.flip)]);
+        p.targets.extend_from_slice(targets);
+        p.rows += 1;
+        if p.rows == self.state.shard_rows {
+            self.write_shard().map_err(|e| e.within(&self.root))?;
+        }
+        Ok(())
     }
 
     /// Rows pushed so far (committed or not).
     pub fn rows(&self) -> u64 {
-        todo!()
+        self.written_rows + self.pending.rows
     }
 
-    /// Writes every full shard buffered so far and advances the watermark past them.
+    /// Writes every full shard buffered so far and the image table, then advances the
+    /// watermark past the written rows. Rows of a partly filled shard stay buffered.
     pub fn checkpoint(&mut self) -> Result<()> {
-        todo!()
+        self.write_images().map_err(|e| e.within(&self.root))?;
+        self.state.committed_rows = self.written_rows;
+        self.state.committed_images = self.images.len() as u64;
+        self.state
+            .write(&self.storage, &self.id)
+            .map_err(|e| e.within(&self.root))
     }
 
-    /// Writes the remaining rows and the image table, shrinks the arrays to the row count and
-    /// closes the segment with `summary` recorded in its attributes.
-    pub fn commit(self, summary: serde_json::Value) -> Result<SegmentInfo> {
-        let _ = summary;
-        todo!()
+    /// Writes the remaining rows and the image table, shrinks the arrays to the row and image
+    /// counts and closes the segment with `summary` recorded in its attributes.
+    pub fn commit(mut self, summary: serde_json::Value) -> Result<SegmentInfo> {
+        let root = self.root.clone();
+        self.commit_inner(summary).map_err(|e| e.within(&root))
     }
+
+    fn commit_inner(&mut self, summary: serde_json::Value) -> Result<SegmentInfo> {
+        if self.pending.rows > 0 {
+            self.write_shard()?;
+        }
+        self.write_images()?;
+        let (rows, images) = (self.written_rows, self.images.len() as u64);
+        for array in self.rows.all_mut() {
+            resize(array, rows)?;
+        }
+        for array in self.image_arrays.all_mut() {
+            resize(array, images)?;
+        }
+        self.state = SegmentState {
+            committed_rows: rows,
+            committed_images: images,
+            closed: true,
+            capacity: rows,
+            shard_rows: self.state.shard_rows,
+            summary: summary.clone(),
+        };
+        self.state.write(&self.storage, &self.id)?;
+        Ok(SegmentInfo {
+            id: self.id.clone(),
+            committed_rows: rows,
+            closed: true,
+            summary,
+        })
+    }
+
+    /// Writes the buffered rows as shard `written_rows / shard_rows`, padded to whole shards.
+    fn write_shard(&mut self) -> Result<()> {
+        let shard_rows = self.state.shard_rows;
+        let index = self.written_rows / shard_rows;
+        let mut p = std::mem::take(&mut self.pending);
+        let missing = (shard_rows - p.rows) as usize;
+        p.keys.resize(p.keys.len() + 32 * missing, 0);
+        p.images.resize(p.images.len() + 32 * missing, 0);
+        p.views.resize(p.views.len() + 5 * missing, 0);
+        p.targets
+            .resize(p.targets.len() + self.row_len * missing, f16::ZERO);
+        let r = &self.rows;
+        store_shard(&r.key, index, p.keys)?;
+        store_shard(&r.image, index, p.images)?;
+        store_shard(&r.view, index, p.views)?;
+        store_shard(&r.targets, index, p.targets)?;
+        self.written_rows += p.rows;
+        Ok(())
+    }
+
+    /// Writes the image-table chunks holding entries added since the last write, growing the
+    /// table's arrays first when needed.
+    fn write_images(&mut self) -> Result<()> {
+        let (done, len) = (self.state.committed_images, self.images.len() as u64);
+        if len == done {
+            return Ok(());
+        }
+        if len > self.image_arrays.hash.shape()[0] {
+            for array in self.image_arrays.all_mut() {
+                resize(array, (2 * len).max(ImageArrays::CHUNK))?;
+            }
+        }
+        let chunk = ImageArrays::CHUNK;
+        for c in done / chunk..len.div_ceil(chunk) {
+            let entries = &self.images[(c * chunk) as usize..((c + 1) * chunk).min(len) as usize];
+            let pad = chunk as usize - entries.len();
+            let mut hashes: Vec<u8> = entries.iter().flat_map(|e| e.hash.0).collect();
+            hashes.resize(hashes.len() + 32 * pad, 0);
+            let strings = |f: fn(&ImageEntry) -> &str| -> Vec<&str> {
+                let mut v: Vec<&str> = entries.iter().map(f).collect();
+                v.resize(v.len() + pad, "");
+                v
+            };
+            let mut sizes: Vec<u64> = entries.iter().map(|e| e.size).collect();
+            sizes.resize(sizes.len() + pad, 0);
+            let a = &self.image_arrays;
+            replace_chunk(&a.hash, c, hashes)?;
+            replace_chunk(&a.path, c, strings(|e| e.path.as_str()))?;
+            replace_chunk(&a.size, c, sizes)?;
+            replace_chunk(&a.label, c, strings(|e| e.label.as_deref().unwrap_or("")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Stores a whole shard (chunk `index` along the row axis) of a row array.
+fn store_shard<T: zarrs::array::Element>(
+    array: &super::layout::StoreArray,
+    index: u64,
+    data: Vec<T>,
+) -> Result<()> {
+    array
+        .store_chunk(&row_chunk(array, index), data)
+        .map_err(zarr_err(array.path().as_str()))
+}
+
+/// Sets an array's first axis to `len` and rewrites its metadata atomically.
+fn resize(array: &mut super::layout::StoreArray, len: u64) -> Result<()> {
+    let mut shape = array.shape().to_vec();
+    shape[0] = len;
+    let path = array.path().as_str().to_string();
+    array.set_shape(shape).map_err(zarr_err(&path))?;
+    write_array_metadata(array)
 }

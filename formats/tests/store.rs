@@ -1,0 +1,449 @@
+//! The relation store: round trips, the commit protocol, header checks, concurrent segments
+//! and verification.
+
+mod store_fixture;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use half::f16;
+use store_fixture::{geometry, header, image, qkv_params, rows};
+use tinymim_formats::{
+    Encoding, Hash32, ImageEntry, QkvParams, RelationStore, RowMeta, SegmentWriter, StoreError,
+    StoreHeader, VerifyProblem,
+};
+
+fn bits(values: &[f16]) -> Vec<u16> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+fn params_for(encoding: Encoding) -> Option<QkvParams> {
+    (encoding == Encoding::Ln1).then(|| qkv_params(7))
+}
+
+fn create(path: &Path, header: &StoreHeader) -> RelationStore {
+    RelationStore::create_or_open(path, header, params_for(header.encoding).as_ref()).unwrap()
+}
+
+fn push_all(writer: &mut SegmentWriter, rows: &[(ImageEntry, RowMeta, Vec<f16>)]) {
+    for (image, meta, targets) in rows {
+        writer.add_image(image.clone()).unwrap();
+        writer.push(*meta, targets).unwrap();
+    }
+}
+
+#[test]
+fn what_is_pushed_is_read_back_bit_for_bit_in_every_encoding() {
+    for encoding in Encoding::ALL {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relations.zarr");
+        let header = header(encoding);
+        let store = create(&path, &header);
+        let written = rows(&header, 0, 10);
+        let mut writer = store.begin_segment_with_shard_rows(16, 4).unwrap();
+        push_all(&mut writer, &written);
+        let summary = serde_json::json!({"views": 10, "provider": "test"});
+        let info = writer.commit(summary.clone()).unwrap();
+        assert_eq!((info.committed_rows, info.closed), (10, true));
+
+        let store = RelationStore::open(&path).unwrap();
+        assert_eq!(store.header(), &header);
+        let segments = store.segments().unwrap();
+        assert_eq!(segments.len(), 1);
+        assert_eq!(segments[0].summary, summary);
+        let reader = store.reader().unwrap();
+        assert_eq!(reader.len(), 10, "{encoding}");
+        for (i, (image, meta, targets)) in written.iter().enumerate() {
+            assert_eq!(reader.row(i), meta, "{encoding} row {i}");
+            assert_eq!(
+                bits(&reader.targets(i).unwrap()),
+                bits(targets),
+                "{encoding} row {i}"
+            );
+            assert_eq!(reader.image(&image.hash), Some(image));
+            let maps = reader.maps(i).unwrap();
+            let (h, n) = (geometry().heads as usize, geometry().tokens as usize);
+            assert_eq!(maps.shape(), &[2, h, n, n]);
+            if encoding == Encoding::Maps {
+                let stored: Vec<f32> = targets.iter().map(|x| x.to_f32()).collect();
+                assert_eq!(maps.as_slice().unwrap(), stored.as_slice());
+            } else {
+                for row_sum in maps.sum_axis(ndarray::Axis(3)) {
+                    assert!(
+                        (row_sum - 1.0).abs() < 1e-5,
+                        "{encoding}: row sums to {row_sum}"
+                    );
+                }
+            }
+        }
+        assert!(matches!(
+            reader.targets(10),
+            Err(StoreError::RowOutOfRange { index: 10, len: 10 })
+        ));
+        let report = reader.verify().unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert_eq!((report.rows, report.segments), (10, 1));
+        assert_eq!(
+            store.qkv_params().unwrap(),
+            params_for(encoding),
+            "{encoding}: stored qkv parameters"
+        );
+        assert!(store.disk_bytes().unwrap() > 0);
+    }
+}
+
+#[test]
+fn a_segment_never_checkpointed_is_invisible() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = header(Encoding::Qkv);
+    let store = create(dir.path(), &header);
+    let mut writer = store.begin_segment_with_shard_rows(16, 4).unwrap();
+    // Five rows: the first shard of four is on disk, the fifth only buffered.
+    push_all(&mut writer, &rows(&header, 0, 5));
+    let id = writer.id().to_string();
+    drop(writer);
+    let segments = store.segments().unwrap();
+    assert_eq!(segments.len(), 1);
+    assert_eq!(segments[0].id, id);
+    assert_eq!((segments[0].committed_rows, segments[0].closed), (0, false));
+    assert_eq!(store.reader().unwrap().len(), 0);
+    assert!(store.committed_keys().unwrap().is_empty());
+}
+
+#[test]
+fn a_crash_keeps_the_checkpointed_rows_and_only_those() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = header(Encoding::Maps);
+    let store = create(dir.path(), &header);
+    let written = rows(&header, 0, 10);
+    let mut writer = store.begin_segment_with_shard_rows(16, 4).unwrap();
+    push_all(&mut writer, &written[..6]);
+    writer.checkpoint().unwrap(); // one full shard: rows 0..4; rows 4, 5 stay buffered
+    push_all(&mut writer, &written[6..]); // a second shard (4..8) reaches the disk
+    assert_eq!(writer.rows(), 10);
+    drop(writer); // the crash
+
+    let reader = RelationStore::open(dir.path()).unwrap().reader().unwrap();
+    assert_eq!(reader.len(), 4);
+    for (i, (image, meta, targets)) in written[..4].iter().enumerate() {
+        assert_eq!(reader.row(i), meta);
+        assert_eq!(bits(&reader.targets(i).unwrap()), bits(targets));
+        assert_eq!(reader.image(&image.hash), Some(image));
+    }
+    let keys = store.committed_keys().unwrap();
+    let expected: HashSet<Hash32> = written[..4].iter().map(|(_, m, _)| m.key).collect();
+    assert_eq!(keys, expected);
+    assert!(reader.verify().unwrap().is_ok());
+}
+
+#[test]
+fn the_image_table_survives_checkpoints_and_grows_past_the_row_capacity() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = header(Encoding::Qkv);
+    let store = create(dir.path(), &header);
+    let mut writer = store.begin_segment_with_shard_rows(2, 1).unwrap();
+    let written = rows(&header, 0, 2);
+    push_all(&mut writer, &written);
+    writer.checkpoint().unwrap();
+    // More images than rows: the table's arrays grow; the last chunk is rewritten.
+    for i in 1..1500 {
+        writer.add_image(image(i)).unwrap();
+    }
+    writer.checkpoint().unwrap();
+    drop(writer);
+    let reader = store.reader().unwrap();
+    assert_eq!(reader.len(), 2);
+    for i in 0..1500 {
+        assert_eq!(reader.image(&image(i).hash), Some(&image(i)), "image {i}");
+    }
+}
+
+#[test]
+fn reopening_lists_the_committed_keys_of_every_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = header(Encoding::Ln1);
+    let store = create(dir.path(), &header);
+    let first = rows(&header, 0, 6);
+    let second = rows(&header, 100, 3);
+    for batch in [&first, &second] {
+        let mut writer = store.begin_segment(64).unwrap();
+        push_all(&mut writer, batch);
+        writer.commit(serde_json::Value::Null).unwrap();
+    }
+    drop(store);
+    let reopened = create(dir.path(), &header);
+    let expected: HashSet<Hash32> = first.iter().chain(&second).map(|(_, m, _)| m.key).collect();
+    assert_eq!(expected.len(), 9);
+    assert_eq!(reopened.committed_keys().unwrap(), expected);
+    assert_eq!(reopened.segments().unwrap().len(), 2);
+}
+
+#[test]
+fn a_key_committed_twice_is_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = header(Encoding::Qkv);
+    let store = create(dir.path(), &header);
+    for _ in 0..2 {
+        let mut writer = store.begin_segment(8).unwrap();
+        push_all(&mut writer, &rows(&header, 0, 3));
+        writer.commit(serde_json::Value::Null).unwrap();
+    }
+    let reader = store.reader().unwrap();
+    assert_eq!(reader.len(), 3);
+    assert_eq!(reader.verify().unwrap().rows, 6);
+}
+
+/// Opens `path` with `other` and returns the error message, which must be a mismatch.
+fn refusal(path: &Path, other: &StoreHeader) -> String {
+    match RelationStore::create_or_open(path, other, params_for(other.encoding).as_ref()) {
+        Err(e @ StoreError::Mismatch { .. }) => e.to_string(),
+        Err(e) => panic!("expected a mismatch, got {e}"),
+        Ok(_) => panic!("a store for another header was opened"),
+    }
+}
+
+#[test]
+fn a_store_refuses_writers_for_another_teacher_encoding_geometry_or_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = header(Encoding::Qkv);
+    create(dir.path(), &original);
+
+    let mut other = original.clone();
+    other.teacher = Hash32::of_bytes(b"another teacher");
+    let message = refusal(dir.path(), &other);
+    assert!(message.contains("teacher fingerprint"), "{message}");
+    assert!(message.contains(&original.teacher.to_hex()), "{message}");
+    assert!(message.contains(&other.teacher.to_hex()), "{message}");
+
+    let mut other = original.clone();
+    other.encoding = Encoding::Maps;
+    let message = refusal(dir.path(), &other);
+    assert!(message.contains("encoding"), "{message}");
+    assert!(
+        message.contains("qkv") && message.contains("maps"),
+        "{message}"
+    );
+
+    let mut other = original.clone();
+    other.geometry.tokens = 197;
+    let message = refusal(dir.path(), &other);
+    assert!(message.contains("tokens"), "{message}");
+    assert!(
+        message.contains('5') && message.contains("197"),
+        "{message}"
+    );
+
+    let mut other = original.clone();
+    other.recipe.seed = 4242;
+    let message = refusal(dir.path(), &other);
+    assert!(message.contains("view recipe field `seed`"), "{message}");
+    assert!(message.contains("4242"), "{message}");
+
+    // The same header opens.
+    create(dir.path(), &original);
+}
+
+#[test]
+fn ln1_needs_qkv_parameters_and_refuses_different_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = header(Encoding::Ln1);
+    assert!(matches!(
+        RelationStore::create_or_open(dir.path(), &header, None),
+        Err(StoreError::MissingQkvParams)
+    ));
+    let short = QkvParams {
+        weight: vec![0.0; 5],
+        bias: vec![0.0; 24],
+    };
+    let message = RelationStore::create_or_open(dir.path(), &header, Some(&short))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("qkv weight") && message.contains("192"),
+        "{message}"
+    );
+    create(dir.path(), &header);
+    let err = RelationStore::create_or_open(dir.path(), &header, Some(&qkv_params(8)))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, StoreError::Mismatch { what, .. } if what == "qkv weight"),
+        "{err}"
+    );
+}
+
+#[test]
+fn folders_that_hold_no_store_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nothing");
+    let message = RelationStore::open(&missing).err().unwrap().to_string();
+    assert!(message.contains("nothing") && message.contains("not a tinymim relation store"));
+
+    std::fs::write(dir.path().join("photo.jpg"), b"not a store").unwrap();
+    let err = RelationStore::create_or_open(dir.path(), &header(Encoding::Qkv), None)
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err}");
+    assert!(!dir.path().join("zarr.json").exists());
+
+    let foreign = dir.path().join("foreign.zarr");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(
+        foreign.join("zarr.json"),
+        r#"{"zarr_format": 3, "node_type": "group", "attributes": {}}"#,
+    )
+    .unwrap();
+    let message = RelationStore::open(&foreign).err().unwrap().to_string();
+    assert!(message.contains("no `tinymim` attribute"), "{message}");
+}
+
+#[test]
+fn pushes_that_break_the_contract_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = header(Encoding::Qkv);
+    let store = create(dir.path(), &header);
+    let mut writer = store.begin_segment(1).unwrap();
+    let (image, meta, targets) = rows(&header, 0, 1).remove(0);
+
+    let err = writer.push(meta, &targets).unwrap_err();
+    assert!(matches!(err, StoreError::UnknownImage { .. }), "{err}");
+    writer.add_image(image).unwrap();
+
+    let err = writer.push(meta, &targets[1..]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Length {
+                expected: 120,
+                got: 119,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let mut wrong = meta;
+    wrong.view.flip = !wrong.view.flip;
+    let err = writer.push(wrong, &targets).unwrap_err();
+    assert!(matches!(err, StoreError::WrongKey { .. }), "{err}");
+
+    writer.push(meta, &targets).unwrap();
+    let err = writer.push(meta, &targets).unwrap_err();
+    assert!(
+        matches!(err, StoreError::CapacityExceeded { capacity: 1, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn two_segments_written_from_two_threads_are_both_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = header(Encoding::Maps);
+    let store = create(dir.path(), &header);
+    let batches = [rows(&header, 0, 40), rows(&header, 500, 40)];
+    std::thread::scope(|scope| {
+        for batch in &batches {
+            let store = &store;
+            scope.spawn(move || {
+                let mut writer = store.begin_segment_with_shard_rows(40, 3).unwrap();
+                for (i, chunk) in batch.chunks(7).enumerate() {
+                    push_all(&mut writer, chunk);
+                    if i % 2 == 0 {
+                        writer.checkpoint().unwrap();
+                    }
+                }
+                writer.commit(serde_json::Value::Null).unwrap();
+            });
+        }
+    });
+    let expected: HashMap<Hash32, &Vec<f16>> = batches
+        .iter()
+        .flatten()
+        .map(|(_, meta, targets)| (meta.key, targets))
+        .collect();
+    let reader = store.reader().unwrap();
+    assert_eq!(reader.len(), 80);
+    for i in 0..reader.len() {
+        let key = reader.row(i).key;
+        assert_eq!(bits(&reader.targets(i).unwrap()), bits(expected[&key]));
+    }
+}
+
+/// A committed maps store with 8 rows in shards of 4; returns the segment id.
+fn committed_store(path: &Path) -> (String, Vec<(ImageEntry, RowMeta, Vec<f16>)>) {
+    let header = header(Encoding::Maps);
+    let store = create(path, &header);
+    let written = rows(&header, 0, 8);
+    let mut writer = store.begin_segment_with_shard_rows(8, 4).unwrap();
+    push_all(&mut writer, &written);
+    let id = writer.id().to_string();
+    writer.commit(serde_json::Value::Null).unwrap();
+    (id, written)
+}
+
+#[test]
+fn verify_finds_a_flipped_byte_in_a_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, written) = committed_store(dir.path());
+    // Second shard (rows 4..8) of the targets.
+    let shard = dir.path().join(format!("segments/{id}/maps/c/1/0/0/0/0"));
+    let mut bytes = std::fs::read(&shard).unwrap();
+    // The shard index (Zarr sharding spec, index at the end): 4 × (offset, size) u64 LE, then
+    // a crc32c. Flip a byte of the inner chunk stored first in the file.
+    let index = &bytes[bytes.len() - 4 - 4 * 16..bytes.len() - 4];
+    let first = (0..4)
+        .find(|&i| index[16 * i..16 * i + 8] == [0; 8])
+        .expect("one inner chunk starts the shard");
+    let bad_row = 4 + first as u64;
+    bytes[10] ^= 0x01;
+    std::fs::write(&shard, bytes).unwrap();
+
+    let reader = RelationStore::open(dir.path()).unwrap().reader().unwrap();
+    for (i, (_, _, targets)) in written.iter().enumerate() {
+        if i as u64 != bad_row {
+            assert_eq!(bits(&reader.targets(i).unwrap()), bits(targets));
+        }
+    }
+    let err = reader.targets(bad_row as usize).unwrap_err();
+    assert!(
+        err.to_string().contains(&format!("segments/{id}/maps")),
+        "{err}"
+    );
+    let report = reader.verify().unwrap();
+    assert_eq!(report.rows, 8);
+    let bad: Vec<u64> = report
+        .problems
+        .iter()
+        .map(|p| match p {
+            VerifyProblem::Unreadable { row, .. } => *row,
+            other => panic!("unexpected problem {other}"),
+        })
+        .collect();
+    assert_eq!(bad, vec![bad_row], "{:?}", report.problems);
+}
+
+#[test]
+fn verify_finds_a_key_that_does_not_match_its_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, written) = committed_store(dir.path());
+    // Overwrite the first shard of the key array with row 1's key replaced.
+    let storage = std::sync::Arc::new(zarrs::filesystem::FilesystemStore::new(dir.path()).unwrap());
+    let keys = zarrs::array::Array::open(storage, &format!("/segments/{id}/key")).unwrap();
+    let mut shard: Vec<u8> = written[..4].iter().flat_map(|(_, m, _)| m.key.0).collect();
+    let forged = Hash32::of_bytes(b"forged");
+    shard[32..64].copy_from_slice(&forged.0);
+    keys.store_chunk(&[0, 0], shard).unwrap();
+
+    let reader = RelationStore::open(dir.path()).unwrap().reader().unwrap();
+    let report = reader.verify().unwrap();
+    assert_eq!(
+        report.problems,
+        vec![VerifyProblem::WrongKey {
+            segment: id,
+            row: 1,
+            stored: forged,
+            expected: written[1].1.key,
+        }]
+    );
+}
