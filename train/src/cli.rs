@@ -1,0 +1,339 @@
+//! The command line of `train` (clap derive) and its translation into a [`RunConfig`]:
+//! recipe file values under command-line values under built-in defaults.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use candle_core::Device;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use tinymim_train::config::VitConfig;
+use tinymim_train::online::TeacherOptions;
+use tinymim_train::probe::ProbeConfig;
+use tinymim_train::run::{RunConfig, SourceConfig};
+
+/// Distil a small ViT student from relation targets (TinyMIM), either from a relation store
+/// written by `extract` (--cache) or from a teacher run online (--teacher).
+#[derive(Debug, Parser)]
+#[command(
+    name = "train",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Examples:\n  train --cache relations.zarr --images photos --student vit-tiny \
+                  --recipe configs/recipes/cpu-quick.toml --out runs/tiny\n  train probe \
+                  --model runs/tiny/model.safetensors --images labelled/"
+)]
+pub struct Cli {
+    /// Another action than training.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Training options.
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+/// Actions besides training.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Score an exported student with a k-NN probe over a labelled folder (class = sub-folder).
+    Probe(ProbeArgs),
+}
+
+/// Where training runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// The CPU.
+    Cpu,
+    /// The first CUDA GPU (needs a build with `--features cuda`).
+    Cuda,
+}
+
+impl DeviceArg {
+    /// The candle device, or a sentence saying why it is unavailable.
+    pub fn device(self) -> anyhow::Result<Device> {
+        match self {
+            DeviceArg::Cpu => Ok(Device::Cpu),
+            DeviceArg::Cuda if cfg!(feature = "cuda") => {
+                Device::new_cuda(0).context("--device cuda: no usable CUDA device")
+            }
+            DeviceArg::Cuda => bail!(
+                "--device cuda: this `train` was built without CUDA support; rebuild it with \
+                 `cargo build --release -p tinymim-train --features cuda`"
+            ),
+        }
+    }
+}
+
+/// Options of a training run.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Relation store written by `extract` (cache mode).
+    #[arg(long, value_name = "STORE", required_unless_present = "teacher", conflicts_with = "teacher")]
+    pub cache: Option<PathBuf>,
+    /// Teacher checkpoint (timm/MAE-named .safetensors or MAE .pth): targets computed online.
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub teacher: Option<PathBuf>,
+    /// Attention heads of the online teacher [default: `heads` of a config.json beside it].
+    #[arg(long, value_name = "H", requires = "teacher")]
+    pub teacher_heads: Option<usize>,
+    /// Target block of the online teacher, 1-based [default: its last block].
+    #[arg(long, value_name = "BLOCK", requires = "teacher")]
+    pub target_block: Option<usize>,
+    /// Input size of the online teacher [default: from its pos_embed].
+    #[arg(long, value_name = "PX", requires = "teacher")]
+    pub teacher_image_size: Option<usize>,
+    /// Views per image for the online teacher (drawn as `extract` draws them, with --seed).
+    #[arg(long, value_name = "K", default_value_t = 1, requires = "teacher")]
+    pub views: u32,
+    /// Folder of the source images [cache mode default: the root the store recorded].
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+    /// Student preset (vit-tiny, vit-small, vit-base) or a student TOML file.
+    #[arg(long, value_name = "NAME|FILE", default_value = "vit-tiny")]
+    pub student: String,
+    /// Override the student's width.
+    #[arg(long)]
+    pub dim: Option<usize>,
+    /// Override the student's depth.
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// Override the student's heads (all blocks but the adaptive last one).
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Override the student's MLP width [default with --dim: 4 × dim].
+    #[arg(long)]
+    pub mlp_dim: Option<usize>,
+    /// Override the student's patch size.
+    #[arg(long)]
+    pub patch: Option<usize>,
+    /// Override the student's input size (the token count must equal the teacher's).
+    #[arg(long, value_name = "PX")]
+    pub image_size: Option<usize>,
+    /// Recipe TOML (configs/recipes/*.toml); command-line options override it.
+    #[arg(long, value_name = "FILE")]
+    pub recipe: Option<PathBuf>,
+    /// Epochs the schedule spans.
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    /// Views per forward pass [default: 64].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Forward passes accumulated per optimiser step [default: 1].
+    #[arg(long)]
+    pub accum: Option<usize>,
+    /// Base learning rate; peak = base × batch × accum / 256 [default: 1.5e-4].
+    #[arg(long)]
+    pub base_lr: Option<f64>,
+    /// Linear warm-up epochs [default: 15].
+    #[arg(long)]
+    pub warmup_epochs: Option<f64>,
+    /// AdamW weight decay [default: 0.05].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Clip gradients to this global norm [default: no clipping].
+    #[arg(long)]
+    pub clip: Option<f64>,
+    /// Student drop-path rate [default: the preset's, 0.1].
+    #[arg(long)]
+    pub drop_path: Option<f64>,
+    /// Run seed (initialisation, data order, jitter, drop path, online views) [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Turn the student's colour jitter off.
+    #[arg(long)]
+    pub no_jitter: bool,
+    /// Save a checkpoint every N steps (and always at the end).
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<u64>,
+    /// Stop after N optimiser steps (the schedule still spans --epochs).
+    #[arg(long, value_name = "N")]
+    pub max_steps: Option<u64>,
+    /// Continue from RUN_DIR/checkpoint.safetensors.
+    #[arg(long)]
+    pub resume: bool,
+    /// Training device.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Run folder: metrics.jsonl, checkpoint.safetensors, model.safetensors, config.json.
+    #[arg(long, value_name = "RUN_DIR", required = true)]
+    pub out: Option<PathBuf>,
+}
+
+/// Options of `train probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Exported student weights (config.json beside them).
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Labelled folder: one sub-folder of images per class.
+    #[arg(long, value_name = "DIR")]
+    pub images: PathBuf,
+    /// Neighbours that vote.
+    #[arg(long, default_value_t = 20)]
+    pub k: usize,
+    /// Device.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+}
+
+impl ProbeArgs {
+    /// The probe's configuration.
+    pub fn config(&self) -> anyhow::Result<ProbeConfig> {
+        Ok(ProbeConfig {
+            model: self.model.clone(),
+            images: self.images.clone(),
+            k: self.k,
+            device: self.device.device()?,
+        })
+    }
+}
+
+/// A training recipe (configs/recipes/*.toml): any subset of the run options.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Epochs.
+    pub epochs: Option<u64>,
+    /// Views per forward pass.
+    pub batch: Option<usize>,
+    /// Forward passes per optimiser step.
+    pub accum: Option<usize>,
+    /// Base learning rate.
+    pub base_lr: Option<f64>,
+    /// Warm-up epochs.
+    pub warmup_epochs: Option<f64>,
+    /// Weight decay.
+    pub weight_decay: Option<f64>,
+    /// Gradient clipping norm.
+    pub clip: Option<f64>,
+    /// Drop-path rate.
+    pub drop_path: Option<f64>,
+    /// Run seed.
+    pub seed: Option<u64>,
+    /// Colour jitter.
+    pub jitter: Option<bool>,
+    /// Checkpoint interval in steps.
+    pub checkpoint_every: Option<u64>,
+}
+
+impl Recipe {
+    /// Reads a recipe file; unknown keys are refused, naming the file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Recipe> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read the recipe", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("{}: invalid recipe", path.display()))
+    }
+}
+
+impl TrainArgs {
+    /// The student architecture: preset or file, then the overrides.
+    fn student(&self, drop_path: Option<f64>) -> anyhow::Result<VitConfig> {
+        let mut c = if Path::new(&self.student).extension().is_some_and(|e| e == "toml") {
+            VitConfig::from_toml_file(Path::new(&self.student))?
+        } else {
+            VitConfig::preset(&self.student)?
+        };
+        if let Some(dim) = self.dim {
+            c.mlp_dim = self.mlp_dim.unwrap_or(4 * dim);
+            c.dim = dim;
+        }
+        let overrides = [
+            (&mut c.depth, self.depth),
+            (&mut c.heads, self.heads),
+            (&mut c.mlp_dim, self.mlp_dim),
+            (&mut c.patch, self.patch),
+            (&mut c.image_size, self.image_size),
+        ];
+        for (field, value) in overrides {
+            if let Some(v) = value {
+                *field = v;
+            }
+        }
+        if let Some(rate) = drop_path {
+            c.drop_path = rate;
+        }
+        c.validate(&format!("--student {}", self.student))?;
+        Ok(c)
+    }
+
+    /// The run configuration: command line over recipe over defaults.
+    pub fn config(&self) -> anyhow::Result<RunConfig> {
+        let recipe = match &self.recipe {
+            Some(path) => Recipe::from_file(path)?,
+            None => Recipe::default(),
+        };
+        let epochs = self
+            .epochs
+            .or(recipe.epochs)
+            .context("--epochs is required (or a --recipe that sets `epochs`)")?;
+        let warmup_epochs = self.warmup_epochs.or(recipe.warmup_epochs).unwrap_or(15.0);
+        if warmup_epochs >= epochs as f64 && warmup_epochs > 0.0 {
+            bail!(
+                "--warmup-epochs {warmup_epochs} is not below --epochs {epochs}: the learning \
+                 rate would never leave its warm-up"
+            );
+        }
+        let source = match (&self.cache, &self.teacher) {
+            (Some(store), _) => SourceConfig::Cache {
+                store: store.clone(),
+            },
+            (None, Some(teacher)) => SourceConfig::Online {
+                teacher: teacher.clone(),
+                options: TeacherOptions {
+                    heads: match self.teacher_heads {
+                        Some(h) => h,
+                        None => exported_heads(teacher)?,
+                    },
+                    target_block: self.target_block,
+                    image_size: self.teacher_image_size,
+                },
+                views: self.views,
+            },
+            (None, None) => bail!("pass --cache STORE or --teacher CHECKPOINT"),
+        };
+        Ok(RunConfig {
+            source,
+            images: self.images.clone(),
+            student: self.student(self.drop_path.or(recipe.drop_path))?,
+            epochs,
+            batch: self.batch.or(recipe.batch).unwrap_or(64),
+            accum: self.accum.or(recipe.accum).unwrap_or(1),
+            base_lr: self.base_lr.or(recipe.base_lr).unwrap_or(1.5e-4),
+            warmup_epochs,
+            weight_decay: self.weight_decay.or(recipe.weight_decay).unwrap_or(0.05),
+            clip: self.clip.or(recipe.clip),
+            seed: self.seed.or(recipe.seed).unwrap_or(0),
+            jitter: !self.no_jitter && recipe.jitter.unwrap_or(true),
+            checkpoint_every: self.checkpoint_every.or(recipe.checkpoint_every),
+            max_steps: self.max_steps,
+            resume: self.resume,
+            device: self.device.device()?,
+            out: self.out.clone().context("--out RUN_DIR is required")?,
+            progress: !self.quiet,
+            prefetch: 4,
+        })
+    }
+}
+
+/// The `heads` of the `config.json` beside an exported teacher, or a sentence asking for
+/// --teacher-heads.
+fn exported_heads(teacher: &Path) -> anyhow::Result<usize> {
+    let path = teacher.with_file_name("config.json");
+    let heads = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|v| v.get("heads")?.as_u64());
+    match heads {
+        Some(h) => Ok(h as usize),
+        None => bail!(
+            "{}: the teacher's head count is unknown (no config.json with `heads` beside it); \
+             pass --teacher-heads H",
+            teacher.display()
+        ),
+    }
+}
