@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod online;
 pub mod optim;
+pub mod probe;
 pub mod rng;
 pub mod run;
 pub mod schedule;
