@@ -124,8 +124,8 @@ impl Student {
 
     /// Overwrites every parameter from `tensors` (timm names; any float dtype, any device).
     /// Every parameter must be present with its shape; `pos_embed`, if present, must have the
-    /// shape `[1, N, D]` and is otherwise ignored (it is fixed). `origin` names the source in
-    /// errors.
+    /// shape `[1, N, D]` and is otherwise ignored (it is fixed). Nothing changes unless every
+    /// tensor checks out. `origin` names the source in errors.
     pub fn load_weights(&self, tensors: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
         for name in tensors.keys() {
             if name != POS_EMBED && !self.params.iter().any(|p| &p.name == name) {
@@ -142,6 +142,8 @@ impl Student {
                 self.pos_embed.dims(),
             )?;
         }
+        // Check everything before changing anything, so a bad file leaves the model intact.
+        let mut sources = Vec::with_capacity(self.params.len());
         for p in &self.params {
             let t = tensors
                 .get(&p.name)
@@ -150,8 +152,12 @@ impl Student {
                     tensor: p.name.clone(),
                 })?;
             expect_shape(&format!("{origin}: `{}`", p.name), t, p.var.dims())?;
-            p.var
-                .set(&t.to_dtype(DType::F32)?.to_device(self.device())?)?;
+            sources.push(t);
+        }
+        for (p, t) in self.params.iter().zip(sources) {
+            // A fresh copy: `Var::set` refuses a source sharing the variable's own storage.
+            let value = t.to_dtype(DType::F32)?.to_device(self.device())?.copy()?;
+            p.var.set(&value)?;
         }
         Ok(())
     }
