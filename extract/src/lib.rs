@@ -4,8 +4,15 @@
 //! - [`runtime`]: finding and starting ONNX Runtime, choosing CPU or CUDA;
 //! - [`teacher`]: loading a teacher (exported, or third-party with a config) and running it to
 //!   the target block's q, k, v (and ln1);
-//! - [`encode`]: teacher outputs → float16 rows in the store's encoding.
+//! - [`encode`]: teacher outputs → float16 rows in the store's encoding;
+//! - [`source`]: the image folder, labels and `--shard i/n`;
+//! - [`pipeline`]: one extraction run (render → teacher → write, bounded and resumable);
+//! - [`inspect`], [`verify`]: reading a store back.
 
 pub mod encode;
+pub mod inspect;
+pub mod pipeline;
 pub mod runtime;
+pub mod source;
 pub mod teacher;
+pub mod verify;

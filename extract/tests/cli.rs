@@ -1,0 +1,427 @@
+//! The real `extract` binary on real photos with the real DINOv2-S teacher: rows, resumption,
+//! sharding, bad images, store refusal, inspect/verify and exit codes.
+//!
+//! Expected content keys are computed here from `formats` (blake3 of the teacher file, the
+//! photo bytes and the view sampler), independently of the binary.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tinymim_formats::view::sample_views;
+use tinymim_formats::{content_key, Encoding, Hash32, RelationStore, SourceImage, ViewRecipe};
+
+const VIEWS: u32 = 2;
+/// 1-based target block of the DINOv2-S config.
+const BLOCK: u32 = 12;
+
+fn extract_cmd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_extract"));
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// `extract --teacher … --config … --images DIR --out STORE --views 2 …` plus `extra`.
+fn run_args(images: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--teacher".into(),
+        common::dinov2_onnx().display().to_string(),
+        "--config".into(),
+        common::dinov2_config().display().to_string(),
+        "--images".into(),
+        images.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--views".into(),
+        VIEWS.to_string(),
+        "--threads".into(),
+        "1".into(),
+        "--quiet".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn run(images: &Path, out: &Path, extra: &[&str]) -> Output {
+    extract_cmd()
+        .args(run_args(images, out, extra))
+        .output()
+        .unwrap()
+}
+
+/// Runs and expects success; returns the JSON summary.
+fn run_ok(images: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let out = run(images, out, extra);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "extract failed: {stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(stdout.lines().last().expect("a summary line")).unwrap()
+}
+
+/// A source folder in ImageNet layout with the named cached photos (`class/file`).
+fn image_folder(files: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in files {
+        let name = Path::new(f).file_name().unwrap();
+        let dest = dir.path().join(f);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(common::photo(name.to_str().unwrap()), dest).unwrap();
+    }
+    dir
+}
+
+const PHOTOS: [&str; 3] = ["cat/chelsea.png", "cup/coffee.png", "astronaut.png"];
+
+/// The content keys a run over `files` must produce, from formats alone.
+fn expected_keys(dir: &Path, files: &[&str], encoding: Encoding) -> HashSet<Hash32> {
+    let teacher = Hash32::of_file(&common::dinov2_onnx()).unwrap();
+    let recipe = ViewRecipe::default();
+    let mut keys = HashSet::new();
+    for f in files {
+        let (image, hash) = SourceImage::open(&dir.join(f)).unwrap();
+        for view in sample_views(&recipe, &hash, image.width(), image.height(), VIEWS) {
+            keys.insert(content_key(&teacher, BLOCK, encoding, &hash, &view));
+        }
+    }
+    keys
+}
+
+/// Content keys of every committed row, with duplicates kept.
+fn stored_keys(store: &Path) -> Vec<Hash32> {
+    let reader = RelationStore::open(store).unwrap().reader().unwrap();
+    (0..reader.len()).map(|i| reader.row(i).key).collect()
+}
+
+fn as_set(keys: &[Hash32]) -> HashSet<Hash32> {
+    keys.iter().copied().collect()
+}
+
+#[test]
+fn a_run_stores_images_times_views_rows_and_a_rerun_writes_none() {
+    let images = image_folder(&PHOTOS);
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("r.zarr");
+    let summary = run_ok(images.path(), &store, &["--batch", "3"]);
+    assert_eq!(summary["views_written"], 6);
+    assert_eq!(summary["bad"].as_array().unwrap().len(), 0);
+    let keys = stored_keys(&store);
+    assert_eq!(keys.len(), 6);
+    assert_eq!(
+        as_set(&keys),
+        expected_keys(images.path(), &PHOTOS, Encoding::Maps)
+    );
+    let reader = RelationStore::open(&store).unwrap().reader().unwrap();
+    let (_, chelsea) = SourceImage::open(&images.path().join("cat/chelsea.png")).unwrap();
+    let entry = reader.image(&chelsea).expect("in the image table");
+    assert_eq!(
+        (entry.path.as_str(), entry.label.as_deref()),
+        ("cat/chelsea.png", Some("cat"))
+    );
+    // Every stored R_QK row is a probability distribution.
+    let maps = reader.maps(0).unwrap();
+    let sums = maps.sum_axis(ndarray::Axis(3));
+    assert!(
+        sums.iter().all(|s| (s - 1.0).abs() < 2e-2),
+        "row sums {sums:?}"
+    );
+
+    let again = run_ok(images.path(), &store, &[]);
+    assert_eq!(again["views_written"], 0);
+    assert_eq!(again["views_present"], 6);
+    assert_eq!(stored_keys(&store).len(), 6);
+
+    // inspect: text and JSON agree with the store.
+    let out = extract_cmd()
+        .args(["inspect", store.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["rows"], 6);
+    assert_eq!(report["header"]["encoding"], "maps");
+    let out = extract_cmd()
+        .args(["inspect", store.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("6 in 1 segments"));
+
+    // verify: checksums and keys, then two rows recomputed with the teacher.
+    let out = extract_cmd()
+        .args([
+            "verify",
+            store.to_str().unwrap(),
+            "--images",
+            images.path().to_str().unwrap(),
+        ])
+        .args(["--teacher", common::dinov2_onnx().to_str().unwrap()])
+        .args([
+            "--config",
+            common::dinov2_config().to_str().unwrap(),
+            "--sample",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (outcome["rows"].as_u64(), outcome["recomputed"].as_u64()),
+        (Some(6), Some(2))
+    );
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_exactly_the_rows_of_a_full_run() {
+    let files = [
+        "a/chelsea.png",
+        "a/coffee.png",
+        "b/astronaut.png",
+        "b/rocket.jpg",
+    ];
+    let images = image_folder(&files);
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("r.zarr");
+    // One row per shard, a checkpoint after every batch of one view: rows become visible early.
+    let args = run_args(
+        images.path(),
+        &store,
+        &[
+            "--batch",
+            "1",
+            "--shard-rows",
+            "1",
+            "--checkpoint-secs",
+            "0",
+            "--encoding",
+            "qkv",
+        ],
+    );
+    let mut child = extract_cmd()
+        .args(&args)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let committed_at_kill = loop {
+        let committed = RelationStore::open(&store)
+            .and_then(|s| s.committed_keys())
+            .map(|k| k.len())
+            .unwrap_or(0);
+        if committed > 0 {
+            child.kill().unwrap();
+            break committed;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before any checkpoint"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.wait().unwrap();
+    assert!(
+        committed_at_kill < 8,
+        "killed after {committed_at_kill} of 8 rows"
+    );
+
+    let summary = run_ok(
+        images.path(),
+        &store,
+        &["--batch", "2", "--encoding", "qkv"],
+    );
+    let present = summary["views_present"].as_u64().unwrap();
+    assert!(present >= committed_at_kill as u64, "{summary}");
+    assert_eq!(
+        present + summary["views_written"].as_u64().unwrap(),
+        8,
+        "{summary}"
+    );
+    let keys = stored_keys(&store);
+    assert_eq!(keys.len(), 8, "no row is duplicated");
+    assert_eq!(
+        as_set(&keys),
+        expected_keys(images.path(), &files, Encoding::Qkv)
+    );
+}
+
+#[test]
+fn two_shard_processes_equal_one_unsharded_run() {
+    let images = image_folder(&PHOTOS);
+    let work = tempfile::tempdir().unwrap();
+    let sharded = work.path().join("sharded.zarr");
+    let whole = work.path().join("whole.zarr");
+    // Both shards of one store at once, as two machines would run them.
+    let children: Vec<_> = ["0/2", "1/2"]
+        .iter()
+        .map(|shard| {
+            extract_cmd()
+                .args(run_args(
+                    images.path(),
+                    &sharded,
+                    &["--shard", shard, "--encoding", "qkv"],
+                ))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut written = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s: serde_json::Value = serde_json::from_str(
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .last()
+                .unwrap(),
+        )
+        .unwrap();
+        written += s["views_written"].as_u64().unwrap();
+        assert_eq!(
+            s["images_used"].as_u64().unwrap() + s["images_other_shard"].as_u64().unwrap(),
+            3
+        );
+    }
+    assert_eq!(written, 6);
+    run_ok(images.path(), &whole, &["--encoding", "qkv"]);
+    let (a, b) = (stored_keys(&sharded), stored_keys(&whole));
+    assert_eq!(a.len(), 6);
+    assert_eq!(as_set(&a), as_set(&b));
+}
+
+#[test]
+fn corrupt_and_empty_images_are_reported_and_skipped() {
+    let images = image_folder(&["cat/chelsea.png"]);
+    std::fs::write(
+        images.path().join("cat/broken.jpg"),
+        b"\xff\xd8\xff\xe0 not really a jpeg",
+    )
+    .unwrap();
+    std::fs::write(images.path().join("empty.png"), b"").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("r.zarr");
+    let summary = run_ok(images.path(), &store, &["--encoding", "qkv"]);
+    let bad: Vec<String> = summary["bad"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(bad, ["cat/broken.jpg", "empty.png"]);
+    assert!(
+        summary["bad"][1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("empty"),
+        "{summary}"
+    );
+    assert_eq!(summary["views_written"], 2);
+    assert_eq!(stored_keys(&store).len(), 2);
+    // The segment's summary attribute lists them too.
+    let segments = RelationStore::open(&store).unwrap().segments().unwrap();
+    assert_eq!(segments[0].summary["bad"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_store_of_another_encoding_or_teacher_is_refused_naming_both() {
+    let images = image_folder(&["cat/chelsea.png"]);
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("r.zarr");
+    run_ok(images.path(), &store, &["--encoding", "qkv"]);
+
+    let out = run(images.path(), &store, &["--encoding", "maps"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("qkv") && err.contains("maps"), "{err}");
+
+    // The same model with one more protobuf field (doc_string = "x") appended: a valid ONNX
+    // file, hence a different teacher fingerprint.
+    let other = work.path().join("other.onnx");
+    let mut bytes = std::fs::read(common::dinov2_onnx()).unwrap();
+    bytes.extend_from_slice(&[0x32, 0x01, b'x']);
+    std::fs::write(&other, &bytes).unwrap();
+    let (ours, theirs) = (
+        Hash32::of_bytes(&bytes),
+        Hash32::of_file(&common::dinov2_onnx()).unwrap(),
+    );
+    let mut args = run_args(images.path(), &store, &["--encoding", "qkv"]);
+    args[1] = other.display().to_string();
+    let out = extract_cmd().args(&args).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&ours.to_hex()) && err.contains(&theirs.to_hex()),
+        "{err}"
+    );
+    assert_eq!(stored_keys(&store).len(), 2);
+}
+
+#[test]
+fn usage_errors_exit_2_and_failures_exit_1_with_one_sentence() {
+    let images = image_folder(&[]);
+    let store = images.path().join("r.zarr");
+    let code = |args: Vec<String>| extract_cmd().args(args).output().unwrap().status.code();
+    let with = |extra: &[&str]| run_args(images.path(), &store, extra);
+    assert_eq!(code(with(&["--shard", "2/2"])), Some(2));
+    assert_eq!(code(with(&["--encoding", "pixels"])), Some(2));
+    assert_eq!(code(with(&["--views", "0"])), Some(2));
+    assert_eq!(code(vec!["--images".into(), "x".into()]), Some(2));
+
+    let out = extract_cmd()
+        .args(with(&[]))
+        .env("ORT_DYLIB_PATH", "/nowhere/libonnxruntime.so")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ORT_DYLIB_PATH") && err.contains("/nowhere/libonnxruntime.so"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let mut args = with(&[]);
+    args[1] = "/nowhere/teacher.onnx".into();
+    let out = extract_cmd().args(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nowhere/teacher.onnx"));
+}
+
+#[test]
+fn help_names_every_option_and_subcommand() {
+    let out = extract_cmd().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "--teacher",
+        "--config",
+        "--images",
+        "--views",
+        "--encoding",
+        "--shard",
+        "--device",
+        "inspect",
+        "verify",
+        "maps",
+        "qkv",
+        "ln1",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}");
+    }
+}
