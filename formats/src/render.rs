@@ -139,13 +139,24 @@ pub struct SourceImage {
 /// Per-thread scratch: the resizer's internal buffers and the 8-bit render of [`render`].
 ///
 /// [`render`]: SourceImage::render
+#[derive(Default)]
 struct Scratch {
     resizer: Resizer,
     rgb: Vec<u8>,
 }
 
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch { resizer: Resizer::new(), rgb: Vec::new() });
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Runs `f` with this thread's scratch. The resizer splits its work into rayon tasks, and a
+/// thread waiting for them may start another render (work stealing) while its scratch is in
+/// use; that nested render gets a fresh scratch instead.
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => f(&mut scratch),
+        Err(_) => f(&mut Scratch::default()),
+    })
 }
 
 /// The resize: PIL-style antialiased bicubic (Catmull-Rom, support scaled when downscaling).
@@ -258,8 +269,7 @@ impl SourceImage {
         out: &mut [f32],
     ) -> Result<(), RenderError> {
         self.check_output(size, out.len())?;
-        SCRATCH.with(|cell| {
-            let scratch = &mut *cell.borrow_mut();
+        with_scratch(|scratch| {
             scratch.rgb.resize(out.len(), 0);
             self.resize_into(&mut scratch.resizer, view, size, &mut scratch.rgb)?;
             norm.write_chw(&scratch.rgb, out);
@@ -272,7 +282,7 @@ impl SourceImage {
     /// augmentation, which works on 8-bit pixels like torchvision's on PIL images).
     pub fn render_rgb(&self, view: &View, size: u32, out: &mut [u8]) -> Result<(), RenderError> {
         self.check_output(size, out.len())?;
-        SCRATCH.with(|cell| self.resize_into(&mut cell.borrow_mut().resizer, view, size, out))
+        with_scratch(|scratch| self.resize_into(&mut scratch.resizer, view, size, out))
     }
 
     /// Checks `size ≥ 1` and that a buffer of `len` values holds `3·size·size`.
