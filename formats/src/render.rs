@@ -117,7 +117,8 @@ pub enum RenderError {
         width: u32,
         height: u32,
     },
-    /// The output size is 0 or the output buffer does not hold `channels·size·size` values.
+    /// The output size is 0 or over [`SourceImage::MAX_SIDE`], or the output buffer does not
+    /// hold `3·size·size` values.
     #[error(
         "{path}: cannot render at {size}×{size} into a buffer of {actual} values (need {expected})"
     )]
@@ -187,6 +188,12 @@ impl SourceImage {
             Some(f @ (ImageFormat::Jpeg | ImageFormat::Png)) => f,
             _ => return Err(RenderError::NotAnImage { path: path() }),
         };
+        if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
+            return Err(RenderError::Corrupt {
+                path: path(),
+                reason: "JPEG data ends before its end-of-image marker".to_string(),
+            });
+        }
         // The header is read without an allocation limit (it allocates no pixels); the side
         // limit is checked on the header's dimensions before any pixel is allocated.
         reader.no_limits();
@@ -215,12 +222,6 @@ impl SourceImage {
             .set_limits(limits)
             .map_err(|e| decode_error(e, name))?;
         let image = DynamicImage::from_decoder(decoder).map_err(|e| decode_error(e, name))?;
-        if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
-            return Err(RenderError::Corrupt {
-                path: path(),
-                reason: "JPEG data ends before its end-of-image marker".to_string(),
-            });
-        }
         Ok(SourceImage {
             name: path(),
             rgb: image.into_rgb8(),
@@ -259,8 +260,8 @@ impl SourceImage {
 
     /// Renders `view` at `size`×`size` into `out` (length `3·size·size`, CHW, normalised).
     ///
-    /// A view outside the image, `size` 0 or a wrong `out` length is an error and leaves
-    /// `out` untouched.
+    /// A view outside the image, a `size` of 0 or over [`MAX_SIDE`](Self::MAX_SIDE), or a
+    /// wrong `out` length is an error and leaves `out` untouched.
     pub fn render(
         &self,
         view: &View,
@@ -285,10 +286,10 @@ impl SourceImage {
         with_scratch(|scratch| self.resize_into(&mut scratch.resizer, view, size, out))
     }
 
-    /// Checks `size ≥ 1` and that a buffer of `len` values holds `3·size·size`.
+    /// Checks `1 ≤ size ≤ MAX_SIDE` and that a buffer of `len` values holds `3·size·size`.
     fn check_output(&self, size: u32, len: usize) -> Result<(), RenderError> {
-        let expected = 3 * (size as usize) * (size as usize);
-        if size == 0 || len != expected {
+        let expected = output_len(size);
+        if size == 0 || size > Self::MAX_SIDE || len != expected {
             return Err(RenderError::OutputSize {
                 path: self.name.clone(),
                 size,
@@ -326,7 +327,7 @@ impl SourceImage {
             RenderError::OutputSize {
                 path: self.name.clone(),
                 size,
-                expected: 3 * (size as usize) * (size as usize),
+                expected: output_len(size),
                 actual,
             }
         })?;
@@ -353,9 +354,18 @@ pub fn render_view(
     norm: &Normalization,
 ) -> Result<Vec<f32>, RenderError> {
     let image = SourceImage::decode(bytes, name)?;
-    let mut out = vec![0.0; 3 * (size as usize) * (size as usize)];
+    image.check_output(size, output_len(size))?;
+    let mut out = vec![0.0; output_len(size)];
     image.render(view, size, norm, &mut out)?;
     Ok(out)
+}
+
+/// `3·size·size`, the values of one rendered view (saturating; sizes are checked against
+/// [`SourceImage::MAX_SIDE`] before anything is allocated).
+fn output_len(size: u32) -> usize {
+    (size as usize)
+        .saturating_mul(size as usize)
+        .saturating_mul(3)
 }
 
 /// Maps an `image` error to the typed variant, naming the file.

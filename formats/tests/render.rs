@@ -425,6 +425,12 @@ fn bad_views_and_buffers_are_errors() {
     let err = image.render(&ok, 0, &norm, &mut []).unwrap_err();
     assert!(matches!(err, RenderError::OutputSize { .. }), "{err}");
     assert!(image.render_rgb(&ok, 16, &mut [0u8; 5]).is_err());
+    // An absurd size is refused before anything is allocated.
+    let err = render_view(&bytes, &path, &ok, u32::MAX, &norm).unwrap_err();
+    assert!(
+        matches!(err, RenderError::OutputSize { size: u32::MAX, .. }),
+        "{err}"
+    );
 }
 
 // ---- decoding -----------------------------------------------------------------------------------
