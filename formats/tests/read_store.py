@@ -1,0 +1,59 @@
+"""Reads a tinymim relation store with zarr-python 3 and prints what it holds as JSON.
+
+Used by formats/tests/zarr_python.rs to check that a store written by zarrs is an ordinary
+Zarr v3 hierarchy: only rows below each segment's `committed_rows` watermark and image-table
+entries below `committed_images` are read. Targets are printed as their float16 bit patterns.
+
+Usage: python read_store.py STORE
+"""
+
+import json
+import sys
+
+import numpy as np
+import zarr
+
+
+def hexes(rows):
+    return [bytes(row.tolist()).hex() for row in rows]
+
+
+def main(path):
+    root = zarr.open_group(path, mode="r")
+    record = root.attrs["tinymim"]
+    out = {"tinymim": record, "segments": []}
+    if "teacher" in root:
+        teacher = root["teacher"]
+        out["qkv_weight"] = teacher["qkv_weight"][:].ravel().tolist()
+        out["qkv_bias"] = teacher["qkv_bias"][:].tolist()
+    segments = root["segments"]
+    for segment_id in sorted(segments.group_keys()):
+        segment = segments[segment_id]
+        state = segment.attrs["tinymim_segment"]
+        rows, images = state["committed_rows"], state["committed_images"]
+        targets = segment[record["encoding"]][:rows]
+        table = segment["images"]
+        out["segments"].append(
+            {
+                "id": segment_id,
+                "committed_rows": rows,
+                "closed": state["closed"],
+                "key": hexes(segment["key"][:rows]),
+                "image": hexes(segment["image"][:rows]),
+                "view": segment["view"][:rows].tolist(),
+                "targets_dtype": str(targets.dtype),
+                "targets_shape": list(targets.shape),
+                "targets_bits": targets.view(np.uint16).ravel().tolist(),
+                "images": {
+                    "hash": hexes(table["hash"][:images]),
+                    "path": [str(p) for p in table["path"][:images]],
+                    "size": table["size"][:images].tolist(),
+                    "label": [str(label) for label in table["label"][:images]],
+                },
+            }
+        )
+    json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,153 @@
+//! zarr-python 3 reads a store written by zarrs: the test writes stores in every encoding
+//! (one committed segment, one cut short after a checkpoint), runs `read_store.py` with the
+//! cache's Python and compares keys, views, targets (bit for bit), image tables and qkv
+//! parameters with what was written.
+
+mod store_fixture;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+use store_fixture::{header, image, qkv_params, rows};
+use tinymim_formats::{Encoding, RelationStore};
+
+/// `<cache>/venv/bin/python`, the cache being `$TINYMIM_CACHE` or `<workspace>/.cache/tinymim`.
+fn cache_python() -> PathBuf {
+    let cache = std::env::var_os("TINYMIM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("formats/ lies in the workspace")
+                .join(".cache/tinymim")
+        });
+    let python = cache.join("venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup.sh to create the cache (zarr-python venv)",
+        python.display()
+    );
+    python
+}
+
+fn hex_list(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn zarr_python_reads_what_zarrs_wrote() {
+    let python = cache_python();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/read_store.py");
+    for encoding in Encoding::ALL {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relations.zarr");
+        let header = header(encoding);
+        let params = (encoding == Encoding::Ln1).then(|| qkv_params(3));
+        let store = RelationStore::create_or_open(&path, &header, params.as_ref()).unwrap();
+
+        // Segment A: 7 rows in shards of 3 (the last one partly filled), committed.
+        let committed = rows(&header, 0, 7);
+        let mut writer = store.begin_segment_with_shard_rows(10, 3).unwrap();
+        for (image, meta, targets) in &committed {
+            writer.add_image(image.clone()).unwrap();
+            writer.push(*meta, targets).unwrap();
+        }
+        writer.commit(serde_json::json!({"note": "A"})).unwrap();
+        // Segment B: 5 rows, checkpointed after 3 (one shard), then cut short.
+        let cut = rows(&header, 100, 5);
+        let mut writer = store.begin_segment_with_shard_rows(8, 3).unwrap();
+        for (i, (image, meta, targets)) in cut.iter().enumerate() {
+            writer.add_image(image.clone()).unwrap();
+            writer.push(*meta, targets).unwrap();
+            if i == 3 {
+                writer.checkpoint().unwrap();
+            }
+        }
+        drop(writer);
+
+        let output = Command::new(&python)
+            .arg(&script)
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "read_store.py failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let read: Value = serde_json::from_slice(&output.stdout).unwrap();
+
+        let record = &read["tinymim"];
+        assert_eq!(record["format"], "tinymim.relations");
+        assert_eq!(record["encoding"], encoding.name());
+        assert_eq!(record["dtype"], "float16");
+        assert_eq!(record["teacher"]["fingerprint"], header.teacher.to_hex());
+        assert_eq!(record["teacher"]["geometry"]["tokens"], 5);
+
+        let segments = read["segments"].as_array().unwrap();
+        assert_eq!(segments.len(), 2, "{encoding}");
+        for (segment, written, closed) in [
+            (&segments[0], &committed, true),
+            (&segments[1], &cut[..3].to_vec(), false),
+        ] {
+            let n = written.len();
+            assert_eq!(segment["committed_rows"], n as u64, "{encoding}");
+            assert_eq!(segment["closed"], closed);
+            assert_eq!(segment["targets_dtype"], "float16");
+            let mut shape = vec![n as u64];
+            shape.extend(encoding.row_shape(&header.geometry));
+            assert_eq!(segment["targets_shape"], serde_json::json!(shape));
+            let keys: Vec<String> = written.iter().map(|(_, m, _)| m.key.to_hex()).collect();
+            assert_eq!(hex_list(&segment["key"]), keys, "{encoding}");
+            let images: Vec<String> = written.iter().map(|(_, m, _)| m.image.to_hex()).collect();
+            assert_eq!(hex_list(&segment["image"]), images);
+            let views: Vec<Vec<u32>> = written
+                .iter()
+                .map(|(_, m, _)| {
+                    let v = m.view;
+                    vec![v.x, v.y, v.w, v.h, u32::from(v.flip)]
+                })
+                .collect();
+            assert_eq!(segment["view"], serde_json::json!(views));
+            let bits: Vec<u16> = written
+                .iter()
+                .flat_map(|(_, _, t)| t.iter().map(|x| x.to_bits()))
+                .collect();
+            assert_eq!(
+                segment["targets_bits"],
+                serde_json::json!(bits),
+                "{encoding}"
+            );
+        }
+
+        // Image tables: A holds images 0..4, B (checkpointed with 4 rows pushed) 100..102.
+        for (segment, table) in [(&segments[0], 0..4u64), (&segments[1], 100..102)] {
+            let entries: Vec<_> = table.map(image).collect();
+            let hashes: Vec<String> = entries.iter().map(|e| e.hash.to_hex()).collect();
+            assert_eq!(hex_list(&segment["images"]["hash"]), hashes);
+            let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+            assert_eq!(segment["images"]["path"], serde_json::json!(paths));
+            let sizes: Vec<u64> = entries.iter().map(|e| e.size).collect();
+            assert_eq!(segment["images"]["size"], serde_json::json!(sizes));
+            let labels: Vec<&str> = entries
+                .iter()
+                .map(|e| e.label.as_deref().unwrap_or(""))
+                .collect();
+            assert_eq!(segment["images"]["label"], serde_json::json!(labels));
+        }
+
+        match params {
+            Some(p) => {
+                let weight: Vec<f32> = serde_json::from_value(read["qkv_weight"].clone()).unwrap();
+                let bias: Vec<f32> = serde_json::from_value(read["qkv_bias"].clone()).unwrap();
+                assert_eq!((weight, bias), (p.weight, p.bias));
+            }
+            None => assert!(read.get("qkv_weight").is_none()),
+        }
+    }
+}
