@@ -21,6 +21,7 @@ use tinymim_train::run::{RunConfig, SourceConfig};
     version,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
+    args_override_self = true,
     after_help = "Examples:\n  train --cache relations.zarr --images photos --student vit-tiny \
                   --recipe configs/recipes/cpu-quick.toml --out runs/tiny\n  train probe \
                   --model runs/tiny/model.safetensors --images labelled/"
@@ -70,7 +71,12 @@ impl DeviceArg {
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// Relation store written by `extract` (cache mode).
-    #[arg(long, value_name = "STORE", required_unless_present = "teacher", conflicts_with = "teacher")]
+    #[arg(
+        long,
+        value_name = "STORE",
+        required_unless_present = "teacher",
+        conflicts_with = "teacher"
+    )]
     pub cache: Option<PathBuf>,
     /// Teacher checkpoint (timm/MAE-named .safetensors or MAE .pth): targets computed online.
     #[arg(long, value_name = "CHECKPOINT")]
@@ -233,7 +239,10 @@ impl Recipe {
 impl TrainArgs {
     /// The student architecture: preset or file, then the overrides.
     fn student(&self, drop_path: Option<f64>) -> anyhow::Result<VitConfig> {
-        let mut c = if Path::new(&self.student).extension().is_some_and(|e| e == "toml") {
+        let mut c = if Path::new(&self.student)
+            .extension()
+            .is_some_and(|e| e == "toml")
+        {
             VitConfig::from_toml_file(Path::new(&self.student))?
         } else {
             VitConfig::preset(&self.student)?

@@ -108,7 +108,12 @@ fn blend(rgb: &mut [f32], f: f32, other: impl Fn(&[f32]) -> f32) {
 
 /// Jitters 8-bit RGB pixels (HWC) and writes them normalised as CHW planes into `out`
 /// (`out.len() == rgb.len()`): `x = p / 255`, jitter, then `(x − mean) / std`.
-pub fn jitter_and_normalize(rgb: &[u8], jitter: &ColorJitter, norm: &Normalization, out: &mut [f32]) {
+pub fn jitter_and_normalize(
+    rgb: &[u8],
+    jitter: &ColorJitter,
+    norm: &Normalization,
+    out: &mut [f32],
+) {
     let mut values: Vec<f32> = rgb.iter().map(|&p| f32::from(p) / 255.0).collect();
     jitter.apply(&mut values);
     let plane = values.len() / 3;

@@ -100,8 +100,11 @@ fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>>
         .and_then(|e| e.to_str())
         .is_some_and(|e| matches!(e, "pth" | "pt" | "bin"));
     if is_pth {
-        let list = candle_core::pickle::read_all_with_key(path, Some("model"))
-            .map_err(|e| bad(format!("not a PyTorch checkpoint with a `model` entry: {e}")))?;
+        let list = candle_core::pickle::read_all_with_key(path, Some("model")).map_err(|e| {
+            bad(format!(
+                "not a PyTorch checkpoint with a `model` entry: {e}"
+            ))
+        })?;
         list.into_iter()
             .map(|(n, t)| Ok((n, t.to_device(device)?)))
             .collect()
@@ -149,7 +152,9 @@ fn infer_config(
             let n = pos.dims().get(1).copied().unwrap_or(0);
             let grid = ((n.saturating_sub(1)) as f64).sqrt().round() as usize;
             if grid * grid + 1 != n {
-                return Err(bad(format!("`pos_embed` has {n} tokens, not 1 + a square grid")));
+                return Err(bad(format!(
+                    "`pos_embed` has {n} tokens, not 1 + a square grid"
+                )));
             }
             grid * patch
         }

@@ -78,7 +78,9 @@ impl std::fmt::Display for ProbeReport {
 }
 
 /// The deterministic split: `(train, test)`, each a list of (image, class index).
-pub fn split(images: &[FoundImage]) -> Result<(Vec<(&FoundImage, usize)>, Vec<(&FoundImage, usize)>)> {
+pub fn split(
+    images: &[FoundImage],
+) -> Result<(Vec<(&FoundImage, usize)>, Vec<(&FoundImage, usize)>)> {
     let mut classes: BTreeMap<&str, Vec<&FoundImage>> = BTreeMap::new();
     for image in images {
         let label = image.label.as_deref().ok_or_else(|| {
@@ -92,7 +94,11 @@ pub fn split(images: &[FoundImage]) -> Result<(Vec<(&FoundImage, usize)>, Vec<(&
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for (class, (_, mut members)) in classes.into_iter().enumerate() {
         members.sort_by_key(|m| m.hash);
-        let n_test = if members.len() < 2 { 0 } else { members.len().div_ceil(5) };
+        let n_test = if members.len() < 2 {
+            0
+        } else {
+            members.len().div_ceil(5)
+        };
         for (i, m) in members.into_iter().enumerate() {
             if i < n_test { &mut test } else { &mut train }.push((m, class));
         }
@@ -129,7 +135,10 @@ pub fn knn_top1(
             let best = votes
                 .iter()
                 .enumerate()
-                .fold((0, f64::NEG_INFINITY), |acc, (c, &v)| if v > acc.1 { (c, v) } else { acc });
+                .fold(
+                    (0, f64::NEG_INFINITY),
+                    |acc, (c, &v)| if v > acc.1 { (c, v) } else { acc },
+                );
             best.0 == label
         })
         .count();
@@ -155,8 +164,12 @@ pub fn load_exported(model: &Path, device: &Device) -> Result<Student> {
         path: path.to_path_buf(),
         message,
     };
-    let text = std::fs::read_to_string(&config_path)
-        .map_err(|e| bad(&config_path, format!("cannot read the export's config: {e}")))?;
+    let text = std::fs::read_to_string(&config_path).map_err(|e| {
+        bad(
+            &config_path,
+            format!("cannot read the export's config: {e}"),
+        )
+    })?;
     let c: ExportedConfig = serde_json::from_str(&text)
         .map_err(|e| bad(&config_path, format!("not a tinymim export config: {e}")))?;
     let config = VitConfig {
@@ -237,8 +250,14 @@ pub fn probe(config: &ProbeConfig) -> Result<ProbeReport> {
             test.len()
         )));
     }
-    let classes = train.iter().chain(&test).map(|(_, c)| c + 1).max().unwrap_or(0);
-    let (train_images, train_labels): (Vec<&FoundImage>, Vec<usize>) = train.iter().copied().unzip();
+    let classes = train
+        .iter()
+        .chain(&test)
+        .map(|(_, c)| c + 1)
+        .max()
+        .unwrap_or(0);
+    let (train_images, train_labels): (Vec<&FoundImage>, Vec<usize>) =
+        train.iter().copied().unzip();
     let (test_images, test_labels): (Vec<&FoundImage>, Vec<usize>) = test.iter().copied().unzip();
     let (train_cls, train_mean) = features(&student, &train_images)?;
     let (test_cls, test_mean) = features(&student, &test_images)?;

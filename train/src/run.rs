@@ -176,7 +176,12 @@ pub enum TargetSource {
 
 impl TargetSource {
     /// The relation maps `(R_QK, R_VV)` of a micro-batch's payload, `[B, H, N, N]` each.
-    pub fn maps(&self, payload: &Payload, batch: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    pub fn maps(
+        &self,
+        payload: &Payload,
+        batch: usize,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         Ok(match (self, payload) {
             (TargetSource::Stored(decoder), Payload::Stored(raw)) => decoder.decode(raw)?,
             (TargetSource::Online(teacher), Payload::TeacherPixels(pixels)) => {
@@ -237,7 +242,13 @@ impl Prepared {
                 let qkv = opened.qkv_params().map_err(DataError::from)?;
                 let decoder = TargetDecoder::new(&header, qkv.as_ref(), &config.device)?;
                 let feed = TargetFeed::Store(Arc::new(reader));
-                (rows, catalog, feed, TargetSource::Stored(decoder), header.geometry)
+                (
+                    rows,
+                    catalog,
+                    feed,
+                    TargetSource::Stored(decoder),
+                    header.geometry,
+                )
             }
             SourceConfig::Online {
                 teacher,
@@ -261,7 +272,13 @@ impl Prepared {
                     jitter_seed: None,
                 });
                 let catalog = ImageCatalog::from_found(&found);
-                (rows, catalog, feed, TargetSource::Online(Box::new(teacher)), geometry)
+                (
+                    rows,
+                    catalog,
+                    feed,
+                    TargetSource::Online(Box::new(teacher)),
+                    geometry,
+                )
             }
         };
         check_student(&config.student, &geometry)?;
@@ -428,7 +445,11 @@ impl LoopState {
             ("--accum", saved.accum as u64, self.accum as u64),
             ("--seed", saved.seed, self.seed),
             ("--epochs", saved.epochs, self.epochs),
-            ("--no-jitter off=1", u64::from(saved.jitter), u64::from(self.jitter)),
+            (
+                "--no-jitter off=1",
+                u64::from(saved.jitter),
+                u64::from(self.jitter),
+            ),
         ] {
             if a != b {
                 return Err(differ(what, a.to_string(), b.to_string()));
@@ -516,7 +537,8 @@ pub fn train_prepared(config: &RunConfig, prepared: &Prepared) -> Result<RunSumm
     let total = config.epochs * prepared.plan.steps_per_epoch();
     let end = config.max_steps.map_or(total, |m| m.min(total)).max(start);
     let accum = config.accum as u64;
-    let loader = Loader::start(prepared.loader_spec(start * accum, (end - start) * accum, config.prefetch));
+    let loader =
+        Loader::start(prepared.loader_spec(start * accum, (end - start) * accum, config.prefetch));
     let mut log = MetricsLog::open(&config.out, config.resume.then_some(start))
         .map_err(io(&config.out.join(crate::metrics::METRICS_FILE)))?;
     let progress = Progress::new(end, start, config.progress);
@@ -567,7 +589,11 @@ pub fn train_prepared(config: &RunConfig, prepared: &Prepared) -> Result<RunSumm
         let every = config.checkpoint_every.unwrap_or(0);
         if every > 0 && distiller.step % every == 0 && distiller.step < end {
             Checkpoint::save(&checkpoint_path, &distiller, &state_json)?;
-            progress.println(format!("step {}: saved {}", distiller.step, checkpoint_path.display()));
+            progress.println(format!(
+                "step {}: saved {}",
+                distiller.step,
+                checkpoint_path.display()
+            ));
         }
     }
     drop(loader);

@@ -72,13 +72,22 @@ mod tests {
 
     #[test]
     fn micro_batches_tile_each_epoch_without_the_tail() {
-        let plan = BatchPlan { rows: 10, batch: 2, accum: 2, seed: 0 };
+        let plan = BatchPlan {
+            rows: 10,
+            batch: 2,
+            accum: 2,
+            seed: 0,
+        };
         assert_eq!(plan.steps_per_epoch(), 2);
         let order: Vec<usize> = (0..10).collect();
         assert_eq!(plan.micro_rows(0, &order), &[0, 1]);
         assert_eq!(plan.micro_rows(3, &order), &[6, 7]);
         assert_eq!(plan.epoch_of(3), 0);
         assert_eq!(plan.epoch_of(4), 1);
-        assert_eq!(plan.micro_rows(4, &order), &[0, 1], "rows 8 and 9 are dropped");
+        assert_eq!(
+            plan.micro_rows(4, &order),
+            &[0, 1],
+            "rows 8 and 9 are dropped"
+        );
     }
 }

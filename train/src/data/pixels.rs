@@ -31,10 +31,7 @@ impl RenderSpec {
 }
 
 /// Decodes every distinct image of `rows` once (in parallel), verifying its hash.
-pub fn decode_images(
-    catalog: &ImageCatalog,
-    rows: &[Row],
-) -> Result<HashMap<Hash32, SourceImage>> {
+pub fn decode_images(catalog: &ImageCatalog, rows: &[Row]) -> Result<HashMap<Hash32, SourceImage>> {
     let mut hashes: Vec<Hash32> = rows.iter().map(|r| r.image).collect();
     hashes.sort();
     hashes.dedup();

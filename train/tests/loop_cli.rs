@@ -1,0 +1,254 @@
+//! The `train` binary: a complete run from a store, and bad input refused before training
+//! with one sentence naming the thing at fault.
+
+mod loop_fixture;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use loop_fixture::{teacher_config, write_images, write_store, write_teacher, World};
+use tinymim_formats::{Encoding, Hash32, RelationStore, StoreHeader, ViewRecipe};
+use tinymim_train::config::VitConfig;
+
+/// The tiny student's flags.
+const STUDENT: &[&str] = &[
+    "--student",
+    "vit-tiny",
+    "--dim",
+    "24",
+    "--depth",
+    "2",
+    "--heads",
+    "3",
+    "--patch",
+    "8",
+    "--image-size",
+    "32",
+];
+
+fn train(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(args)
+        .output()
+        .expect("the train binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs the tiny student on `store` with extra flags, expecting failure; returns stderr.
+fn refused(store: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["--cache", store.to_str().unwrap()];
+    args.extend_from_slice(STUDENT);
+    args.extend_from_slice(&[
+        "--epochs",
+        "1",
+        "--batch",
+        "2",
+        "--warmup-epochs",
+        "0",
+        "--quiet",
+    ]);
+    args.extend_from_slice(&["--out", out.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    let result = train(&args);
+    assert!(!result.status.success(), "expected a refusal");
+    assert!(
+        !out.join("metrics.jsonl").exists(),
+        "refused before training started"
+    );
+    let err = stderr(&result);
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn trains_from_a_store_with_the_recorded_source_root() {
+    let world = World::new(3, 2);
+    let out = world.dir.path().join("run");
+    let mut args = vec!["--cache", world.store.to_str().unwrap()];
+    args.extend_from_slice(STUDENT);
+    args.extend_from_slice(&[
+        "--epochs",
+        "2",
+        "--batch",
+        "2",
+        "--warmup-epochs",
+        "0",
+        "--base-lr",
+        "0.1",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let result = train(&args);
+    assert!(result.status.success(), "{}", stderr(&result));
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        stdout.starts_with("trained 6 steps (2.00 epochs)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        6
+    );
+    assert!(out.join("model.safetensors").is_file());
+}
+
+#[test]
+fn a_store_without_committed_rows_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("empty.zarr");
+    let teacher = write_teacher(&dir.path().join("teacher"), &teacher_config(), 2, 1);
+    let t = loop_fixture::load_teacher(&teacher, 2);
+    let header = StoreHeader {
+        teacher: Hash32::of_bytes(b"teacher"),
+        geometry: t.geometry().clone(),
+        encoding: Encoding::Maps,
+        recipe: ViewRecipe::default(),
+    };
+    let opened = RelationStore::create_or_open(&store, &header, None).unwrap();
+    drop(opened.begin_segment(4).unwrap()); // a segment that never commits a row
+    let err = refused(&store, &dir.path().join("run"), &["--images", "."]);
+    assert!(
+        err.contains("empty.zarr") && err.contains("no committed rows"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_student_width_the_teacher_heads_do_not_divide_is_refused() {
+    // A 3-head teacher of width 24; a student of width 32 cannot split into 3 relation heads.
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    write_images(&images, 2);
+    let config = VitConfig {
+        dim: 24,
+        heads: 3,
+        mlp_dim: 48,
+        ..teacher_config()
+    };
+    let teacher = write_teacher(&dir.path().join("teacher"), &config, 3, 2);
+    let store = dir.path().join("r.zarr");
+    write_store(&store, &images, &teacher, 3, 1, 0);
+    let err = refused(
+        &store,
+        &dir.path().join("run"),
+        &["--dim", "32", "--heads", "2"],
+    );
+    assert!(
+        err.contains("`dim` = 32") && err.contains("relation head count 3"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_token_count_other_than_the_teachers_is_refused() {
+    let world = World::new(2, 1);
+    let err = refused(
+        &world.store,
+        &world.dir.path().join("run"),
+        &["--image-size", "48"],
+    );
+    assert!(
+        err.contains("37 tokens") && err.contains("17 tokens"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_source_image_is_refused_naming_it() {
+    let world = World::new(3, 1);
+    std::fs::remove_file(world.images.join("img1.png")).unwrap();
+    let err = refused(&world.store, &world.dir.path().join("run"), &[]);
+    assert!(
+        err.contains("img1.png") && err.contains("--images"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_changed_source_image_is_refused_naming_it() {
+    let world = World::new(2, 2);
+    let path = world.images.join("img0.png");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 20;
+    bytes[last] ^= 0x55; // same size, other bytes
+    std::fs::write(&path, bytes).unwrap();
+    let out = world.dir.path().join("run");
+    let mut args = vec!["--cache", world.store.to_str().unwrap()];
+    args.extend_from_slice(STUDENT);
+    args.extend_from_slice(&[
+        "--epochs",
+        "1",
+        "--batch",
+        "2",
+        "--warmup-epochs",
+        "0",
+        "--quiet",
+    ]);
+    args.extend_from_slice(&["--out", out.to_str().unwrap()]);
+    let result = train(&args);
+    assert!(!result.status.success());
+    let err = stderr(&result);
+    assert!(
+        err.contains("img0.png") && err.contains("changed since extraction"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cuda_without_the_feature_is_a_clear_error() {
+    let world = World::new(2, 1);
+    let err = refused(
+        &world.store,
+        &world.dir.path().join("run"),
+        &["--device", "cuda"],
+    );
+    assert!(err.contains("without CUDA support"), "{err}");
+}
+
+#[test]
+fn help_lists_the_options_and_missing_out_is_refused() {
+    let help = train(&["--help"]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--cache",
+        "--teacher",
+        "--student",
+        "--recipe",
+        "--resume",
+        "--no-jitter",
+        "probe",
+    ] {
+        assert!(text.contains(flag), "--help lacks {flag}");
+    }
+    let result = train(&["--cache", "x.zarr", "--epochs", "1"]);
+    assert!(!result.status.success());
+    assert!(stderr(&result).contains("--out"));
+}
+
+#[test]
+fn recipes_parse_and_fill_the_run() {
+    for recipe in ["tinymim-300ep", "cpu-quick"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs/recipes")
+            .join(format!("{recipe}.toml"));
+        // An unreadable store is the first thing a valid recipe runs into.
+        let result = train(&[
+            "--cache",
+            "/nonexistent.zarr",
+            "--recipe",
+            path.to_str().unwrap(),
+            "--out",
+            "/tmp/x",
+        ]);
+        let err = stderr(&result);
+        assert!(err.contains("nonexistent.zarr"), "{recipe}: {err}");
+    }
+}
