@@ -158,10 +158,22 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("extract: error: {e:#}");
+            eprintln!("extract: error: {}", one_sentence(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes joined by `: `, leaving out causes its message already quotes.
+fn one_sentence(e: &anyhow::Error) -> String {
+    let mut message = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+    }
+    message
 }
 
 /// Loads the teacher named by `args` (the caller checked that --teacher is given).
@@ -216,7 +228,7 @@ fn run_extract(args: &RunArgs) -> anyhow::Result<()> {
         summary.views_written,
         summary.views_present,
         summary.bad.len(),
-        summary.bytes_per_view,
+        summary.bytes_per_view.unwrap_or(0.0),
         summary.wall_s,
         summary.views_per_s,
         summary.segment.as_deref().map(|s| format!(", segment {s}")).unwrap_or_default()

@@ -94,8 +94,10 @@ pub struct Summary {
     pub views_present: u64,
     /// Images skipped as bad, with the reason.
     pub bad: Vec<BadImage>,
-    /// Bytes the store grew by per written view (compressed, all arrays).
-    pub bytes_per_view: f64,
+    /// Bytes the store grew by per written view (compressed, all arrays), measured after the
+    /// commit: absent from the summary recorded in the segment itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_per_view: Option<f64>,
     /// Wall time of the run in seconds.
     pub wall_s: f64,
     /// Views written per second of wall time.
@@ -206,7 +208,7 @@ pub fn extract(teacher: &mut Teacher, options: &ExtractOptions) -> Result<Summar
         views_written: 0,
         views_present: 0,
         bad: Vec::new(),
-        bytes_per_view: 0.0,
+        bytes_per_view: None,
         wall_s: 0.0,
         views_per_s: 0.0,
     };
@@ -233,12 +235,13 @@ pub fn extract(teacher: &mut Teacher, options: &ExtractOptions) -> Result<Summar
     summary.views_per_s = summary.views_written as f64 / summary.wall_s.max(1e-9);
     if let Some(segment) = segment {
         summary.segment = Some(segment.id().to_string());
-        // The bytes of the summary attribute itself are negligible next to the rows.
-        let store = RelationStore::open(&options.out)?;
-        let grown = store.disk_bytes()?.saturating_sub(bytes_before);
-        summary.bytes_per_view = grown as f64 / summary.views_written.max(1) as f64;
         let value = serde_json::to_value(&summary).expect("the summary serialises");
         segment.commit(value)?;
+        // The bytes of the summary attribute itself are negligible next to the rows.
+        let grown = RelationStore::open(&options.out)?
+            .disk_bytes()?
+            .saturating_sub(bytes_before);
+        summary.bytes_per_view = Some(grown as f64 / summary.views_written.max(1) as f64);
     }
     Ok(summary)
 }

@@ -425,3 +425,47 @@ fn help_names_every_option_and_subcommand() {
         assert!(help.contains(word), "--help lacks {word}");
     }
 }
+
+#[test]
+fn an_ln1_store_holds_the_qkv_weights_and_its_rows_recompute() {
+    let images = image_folder(&["cat/chelsea.png"]);
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("r.zarr");
+    let summary = run_ok(images.path(), &store, &["--encoding", "ln1"]);
+    assert_eq!(summary["views_written"], 2);
+    let opened = RelationStore::open(&store).unwrap();
+    let params = opened
+        .qkv_params()
+        .unwrap()
+        .expect("ln1 stores keep the qkv projection");
+    assert_eq!(
+        (params.weight.len(), params.bias.len()),
+        (3 * 384 * 384, 3 * 384)
+    );
+    // Decoded rows are relation maps: every row of R_VV sums to one.
+    let maps = opened.reader().unwrap().maps(1).unwrap();
+    assert_eq!(maps.shape(), &[2, 6, 257, 257]);
+    let sums = maps.sum_axis(ndarray::Axis(3));
+    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-3));
+    let out = extract_cmd()
+        .args([
+            "verify",
+            store.to_str().unwrap(),
+            "--images",
+            images.path().to_str().unwrap(),
+        ])
+        .args(["--teacher", common::dinov2_onnx().to_str().unwrap()])
+        .args([
+            "--config",
+            common::dinov2_config().to_str().unwrap(),
+            "--sample",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
