@@ -70,11 +70,11 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let summary = export(args)?;
     println!(
-        "wrote {} ({:.1} MB, {:?} weights, checkpoint blake3 {}): {}, target block {}, \
+        "wrote {} ({:.1} MB, {} weights, checkpoint blake3 {}): {}, target block {}, \
          {} relation heads, {} tokens, in {:.1} s",
         args.out.display(),
         summary.bytes as f64 / 1e6,
-        args.dtype,
+        args.dtype.name(),
         summary.weights.short(),
         summary.arch.summary(),
         summary.arch.target_block,

@@ -35,6 +35,16 @@ pub enum WeightDtype {
     Float16,
 }
 
+impl WeightDtype {
+    /// The flag value: `float32` or `float16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightDtype::Float32 => "float32",
+            WeightDtype::Float16 => "float16",
+        }
+    }
+}
+
 /// A node attribute value.
 pub enum Attr {
     /// A single integer.
