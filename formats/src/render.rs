@@ -95,12 +95,10 @@ pub enum RenderError {
     /// The bytes are neither a JPEG nor a PNG.
     #[error("{path}: not a JPEG or PNG image")]
     NotAnImage { path: PathBuf },
-    /// A JPEG or PNG whose data is damaged or cut short.
+    /// A JPEG or PNG whose data is damaged, cut short, or uses a coding process the decoder
+    /// lacks (lossless or arithmetic-coded JPEG).
     #[error("{path}: corrupt or truncated image: {reason}")]
     Corrupt { path: PathBuf, reason: String },
-    /// A JPEG or PNG using a feature the decoder lacks (e.g. arithmetic-coded or 12-bit JPEG).
-    #[error("{path}: unsupported image: {reason}")]
-    Unsupported { path: PathBuf, reason: String },
     /// A side over [`SourceImage::MAX_SIDE`]; refused before the pixels are allocated.
     #[error("{path}: {width}×{height} pixels is over the limit of {limit} pixels a side")]
     TooLarge {
@@ -368,18 +366,12 @@ fn output_len(size: u32) -> usize {
         .saturating_mul(3)
 }
 
-/// Maps an `image` error to the typed variant, naming the file.
+/// Maps a decoding error to [`RenderError::Corrupt`], naming the file. (Unsupported coding
+/// processes, e.g. arithmetic-coded JPEG, also surface here as format errors.)
 fn decode_error(error: ImageError, name: &Path) -> RenderError {
-    let path = name.to_path_buf();
-    match error {
-        ImageError::Unsupported(e) => RenderError::Unsupported {
-            path,
-            reason: e.to_string(),
-        },
-        other => RenderError::Corrupt {
-            path,
-            reason: other.to_string(),
-        },
+    RenderError::Corrupt {
+        path: name.to_path_buf(),
+        reason: error.to_string(),
     }
 }
 
