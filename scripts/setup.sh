@@ -86,12 +86,21 @@ fetch_wheel scikit-learn==1.7.2 $SKLEARN_WHEEL \
 unpack $SKLEARN_WHEEL "$cache/photos" \
   sklearn/datasets/images/china.jpg sklearn/datasets/images/flower.jpg
 
-# Python for interoperability tests (zarr-python 3 reading our stores).
-if [ ! -x "$cache/venv/bin/python" ] || ! "$cache/venv/bin/python" -c 'import zarr, numpy' 2>/dev/null; then
-  log "creating $cache/venv with zarr-python"
+# A labelled image folder for the k-NN probe: scikit-learn's bundled handwritten digits
+# (1,797 8×8 images, 10 classes), 30 per class written as PNGs under probe/<digit>/.
+unpack $SKLEARN_WHEEL "$cache/digits" sklearn/datasets/data/digits.csv.gz
+
+# Python for interoperability tests (zarr-python 3 reading our stores), the digits folder and the
+# loss plot (Pillow, matplotlib).
+if [ ! -x "$cache/venv/bin/python" ] || ! "$cache/venv/bin/python" -c 'import zarr, numpy, PIL, matplotlib' 2>/dev/null; then
+  log "creating $cache/venv with zarr-python, Pillow and matplotlib"
   "$PY" -m venv "$cache/venv"
   "$cache/venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    zarr==3.1.5 numpy==2.3.5 numcodecs==0.16.5 crc32c==2.8
+    zarr==3.1.5 numpy==2.3.5 numcodecs==0.16.5 crc32c==2.8 pillow==12.0.0 matplotlib==3.10.7
+fi
+if [ ! -f "$cache/probe/.done" ]; then
+  "$cache/venv/bin/python" "$root/scripts/make_probe_set.py" "$cache/digits/digits.csv.gz" "$cache/probe" 30
+  touch "$cache/probe/.done"
 fi
 
 log "ready: $cache"
