@@ -151,3 +151,77 @@ impl Checkpoint {
             .map_err(|e| unreadable(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/mae_tiny")
+            .join(name)
+    }
+
+    #[test]
+    fn bare_and_mae_state_dicts_read_alike() {
+        let mae = Checkpoint::open(&fixture("mae_tiny.pth")).unwrap();
+        let bare = Checkpoint::open(&fixture("bare_state_dict.pth")).unwrap();
+        assert_eq!(mae.names().count(), 54);
+        assert_eq!(bare.names().count(), 2);
+        for name in ["cls_token", "pos_embed"] {
+            assert_eq!(bare.shape(name), mae.shape(name));
+            assert_eq!(bare.load_f32(name).unwrap(), mae.load_f32(name).unwrap());
+        }
+        assert_eq!(mae.shape("pos_embed"), Some(&[1, 17, 64][..]));
+    }
+
+    #[test]
+    fn shape_checks_are_typed_and_name_the_tensor() {
+        let ckpt = Checkpoint::open(&fixture("mae_tiny.pth")).unwrap();
+        assert!(ckpt.expect_shape("cls_token", &[1, 1, 64], "tiny").is_ok());
+        match ckpt.expect_shape("cls_token", &[1, 1, 768], "tiny") {
+            Err(ExportError::ShapeMismatch {
+                tensor,
+                expected,
+                found,
+                ..
+            }) => {
+                assert_eq!(
+                    (tensor.as_str(), expected, found),
+                    ("cls_token", vec![1, 1, 768], vec![1, 1, 64])
+                )
+            }
+            other => panic!("expected ShapeMismatch, got {other:?}"),
+        }
+        match ckpt.expect_shape("blocks.9.norm1.weight", &[64], "tiny") {
+            Err(ExportError::MissingTensor { tensor, .. }) => {
+                assert_eq!(tensor, "blocks.9.norm1.weight")
+            }
+            other => panic!("expected MissingTensor, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unusable_files_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("weights.txt");
+        std::fs::write(&text, "hello").unwrap();
+        let err = Checkpoint::open(&text).err().unwrap();
+        assert!(matches!(err, ExportError::CheckpointFormat { .. }), "{err}");
+        assert!(err.to_string().contains("weights.txt"));
+        let absent = dir.path().join("absent.pth");
+        let err = Checkpoint::open(&absent).err().unwrap();
+        assert!(
+            err.to_string().contains("absent.pth") && err.to_string().contains("no such file"),
+            "{err}"
+        );
+        let bogus = dir.path().join("bogus.safetensors");
+        std::fs::write(&bogus, [0u8; 16]).unwrap();
+        let err = Checkpoint::open(&bogus).err().unwrap();
+        assert!(
+            matches!(err, ExportError::CheckpointUnreadable { .. })
+                && err.to_string().contains("bogus.safetensors"),
+            "{err}"
+        );
+    }
+}
