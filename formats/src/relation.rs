@@ -82,7 +82,7 @@ pub fn split_heads_qkv(
     assert_eq!(weight.dim(), (3 * dim, dim), "qkv weight must be [3D, D]");
     assert_eq!(bias.len(), 3 * dim, "qkv bias must be [3D]");
     assert!(heads > 0 && dim % heads == 0, "heads must divide D");
-    let qkv = ln1.dot(&weight.t()) + &bias;
+    let qkv = ln1.dot(&weight.t()) + bias;
     qkv.into_shape_with_order((tokens, 3, heads, dim / heads))
         .expect("[N, 3D] splits into [N, 3, H, d]")
         .permuted_axes([1, 2, 0, 3])

@@ -447,3 +447,31 @@ fn verify_finds_a_key_that_does_not_match_its_row() {
         }]
     );
 }
+
+#[test]
+fn readers_are_shared_between_threads_and_writers_move_to_one() {
+    fn shared<T: Send + Sync>() {}
+    fn moved<T: Send>() {}
+    shared::<tinymim_formats::StoreReader>();
+    shared::<RelationStore>();
+    moved::<SegmentWriter>();
+
+    let dir = tempfile::tempdir().unwrap();
+    let header = header(Encoding::Qkv);
+    let store = create(dir.path(), &header);
+    let written = rows(&header, 0, 12);
+    let mut writer = store.begin_segment_with_shard_rows(12, 5).unwrap();
+    push_all(&mut writer, &written);
+    writer.commit(serde_json::Value::Null).unwrap();
+    let reader = store.reader().unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..3 {
+            let (reader, written) = (&reader, &written);
+            scope.spawn(move || {
+                for i in (t..12).step_by(3) {
+                    assert_eq!(bits(&reader.targets(i).unwrap()), bits(&written[i].2));
+                }
+            });
+        }
+    });
+}

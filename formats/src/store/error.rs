@@ -36,13 +36,14 @@ pub enum StoreError {
     #[error("segment {segment}: capacity of {capacity} rows exceeded")]
     CapacityExceeded { segment: String, capacity: u64 },
     /// A pushed row's content key is not the key of its (teacher, block, encoding, image, view).
-    #[error("segment {segment}: row key {given} is not the content key {expected} of image {image} view {view:?}")]
+    #[error(
+        "segment {segment}: row key {} is not the content key {expected} of image {} view {:?}",
+        row.key, row.image, row.view
+    )]
     WrongKey {
         segment: String,
-        given: crate::Hash32,
+        row: Box<crate::store::RowMeta>,
         expected: crate::Hash32,
-        image: crate::Hash32,
-        view: crate::View,
     },
     /// A pushed row names an image that was not added to the segment's image table first.
     #[error("segment {segment}: image {image} of a pushed row is not in the image table (call add_image first)")]

@@ -2,6 +2,7 @@
 //! table, the teacher's qkv parameters, segment attributes, and the atomic metadata writes the
 //! commit protocol rests on.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -53,11 +54,15 @@ pub(crate) fn zarr_err<E: std::error::Error + Send + Sync + 'static>(
     move |e| StoreError::zarr(path, e)
 }
 
-/// Writes `bytes` to `key` atomically: to `<key>.tmp` first, then renamed over `key`, so a
-/// reader (or a crash) sees the old or the new value, never a torn one. zarrs' own
-/// `FilesystemStore::set` truncates and rewrites in place (then syncs), so it is not atomic.
+/// Writes `bytes` to `key` atomically: to a temporary key beside it first (unique to this
+/// process and call), then renamed over `key`, so a reader (or a crash) sees the old or the
+/// new value, never a torn one. zarrs' own `FilesystemStore::set` truncates and rewrites the
+/// file in place (then syncs), so it is not atomic by itself; its `rename` is `std::fs::rename`.
 fn replace_atomically(storage: &Storage, key: &StoreKey, bytes: Vec<u8>) -> Result<()> {
-    let tmp = StoreKey::new(format!("{}.tmp", key.as_str())).map_err(zarr_err(key.as_str()))?;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = format!("{}.{}-{n}.tmp", key.as_str(), std::process::id());
+    let tmp = StoreKey::new(tmp).map_err(zarr_err(key.as_str()))?;
     storage
         .set(&tmp, bytes.into())
         .map_err(zarr_err(key.as_str()))?;

@@ -9,32 +9,51 @@
 //! relations.zarr/teacher/qkv_weight [3D, D] float32    (ln1 encoding only)
 //! relations.zarr/teacher/qkv_bias   [3D]    float32    (ln1 encoding only)
 //! relations.zarr/segments/<id>/     group per writer; attributes {"tinymim_segment":
-//!                                   {"committed_rows": n, "closed": bool, "summary": {...}}}
+//!                                   {"committed_rows": n, "committed_images": m, "closed": bool,
+//!                                    "capacity": c, "shard_rows": s, "summary": {...}}}
 //!    key    [R, 32] uint8     content key (see `hash`)
 //!    image  [R, 32] uint8     blake3 of the source image's bytes
-//!    view   [R, 5]  uint32    x, y, w, h, flip
+//!    view   [R, 5]  uint32    x, y, w, h, flip (0 or 1)
 //!    maps   [R, 2, H, N, N] | qkv [R, 3, H, N, d] | ln1 [R, N, D]   float16 (named by encoding)
 //!    images/hash  [M, 32] uint8    the segment's image table
-//!    images/path  [M]     string   path relative to the source root
+//!    images/path  [M]     string   path relative to the source root (Zarr v3 `string`, vlen-utf8)
 //!    images/size  [M]     uint64   file size in bytes
 //!    images/label [M]     string   class label, "" = none
 //! ```
 //!
-//! All row arrays of a segment share one chunking: the sharding codec with shards of S rows
-//! (S chosen so that a shard of targets holds about 32 MB, between 1 and 1024 rows) and inner
-//! chunks of one row, so reading a random row decompresses one row. Inside a shard each inner
-//! chunk is `bytes → zstd → crc32c`, and the shard index is `bytes → crc32c`.
+//! Segment ids are `<unix seconds>-<pid>-<n>-<8 hex>`; readers order rows by segment id. Until
+//! a segment is committed its arrays keep the writer's capacity as their first axis (R, M):
+//! only rows below `committed_rows` and image entries below `committed_images` exist.
+//!
+//! # Chunking
+//!
+//! The target array uses the sharding codec: a shard holds S rows (`shard_rows`, chosen so a
+//! shard of targets is about 32 MB, between 1 and 1024 rows) in inner chunks of one row, each
+//! `bytes → zstd → crc32c`, with the shard index `bytes → crc32c` at the end; reading a random
+//! row decompresses one row. `key`, `image` and `view` are read whole when a store is opened,
+//! so they are not sharded: their chunks are the same S rows, `bytes → zstd → crc32c`. The
+//! image-table arrays have chunks of 1024 entries with flat chunk keys (`c.0`, `c.1`, …).
+//! zarr-python 3 reads all of it (`tests/zarr_python.rs`).
 //!
 //! # Commit protocol
 //!
 //! `committed_rows` in a segment's attributes is its watermark: rows below it are complete and
 //! visible to readers, rows at or above it do not exist for them. A writer buffers rows and
-//! writes each shard whole, once, so every shard has exactly one writer;
-//! [`SegmentWriter::checkpoint`] writes the full shards buffered so far and then advances the
-//! watermark by rewriting the segment's `zarr.json` atomically (temporary file + rename in the
-//! same folder). [`SegmentWriter::commit`] writes the rest, shrinks the row arrays from the
-//! writer's capacity to the final row count, and sets `closed`. A segment never checkpointed is
-//! invisible, and a crash loses at most the rows after the last checkpoint.
+//! writes each shard whole, once, so every shard has exactly one writer.
+//! [`SegmentWriter::checkpoint`] writes the image-table entries added so far (each changed chunk
+//! is encoded under a staging key and renamed into place) and then advances the watermark past
+//! the full shards written, by rewriting the segment's `zarr.json` atomically (temporary file +
+//! rename in the same folder; zarrs' `FilesystemStore::set` alone truncates and rewrites in
+//! place). [`SegmentWriter::commit`] writes the last, partly filled shard, shrinks the arrays
+//! to the final counts (metadata rewritten atomically too), then sets the watermark and
+//! `closed`. A segment never checkpointed is invisible, and a crash loses at most the rows
+//! after the last checkpoint.
+//!
+//! # Checksums
+//!
+//! zarrs 0.23 checks crc32c when it decodes a whole chunk, but its partial reads of a subset
+//! of a shard skip the check. The reader therefore reads metadata as whole chunks and a row's
+//! targets as its whole encoded inner chunk (see `targets`), so every read is verified.
 
 mod error;
 mod header;
@@ -120,13 +139,21 @@ impl RelationStore {
     /// Writes a new store's skeleton; the root `zarr.json` comes last, so a half-created store
     /// is no store.
     fn create(path: &Path, header: &StoreHeader, qkv: Option<&QkvParams>) -> Result<()> {
-        let not_empty = std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_some());
-        if not_empty {
+        // A concurrent creator may have begun the same skeleton; anything else is foreign.
+        let foreign = std::fs::read_dir(path).ok().and_then(|entries| {
+            entries.flatten().find(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                !(name == "segments" || name == "teacher" || name.starts_with("zarr.json."))
+            })
+        });
+        if let Some(entry) = foreign {
             return Err(StoreError::NotAStore {
                 path: path.to_path_buf(),
-                reason: "the folder is not empty and holds no zarr.json; \
-                         choose a new or empty folder for a new store"
-                    .to_string(),
+                reason: format!(
+                    "the folder holds {:?} but no zarr.json; choose a new or empty folder \
+                     for a new store",
+                    entry.file_name()
+                ),
             });
         }
         std::fs::create_dir_all(path.join("segments")).map_err(|e| StoreError::io(path, e))?;

@@ -62,7 +62,7 @@ pub(crate) fn check_len(what: &str, expected: usize, got: usize) -> Result<()> {
 
 /// Refuses a geometry no relation map can have (zero tokens or heads, heads not dividing D).
 pub(crate) fn check_geometry(g: &TeacherGeometry) -> Result<()> {
-    if g.tokens == 0 || g.heads == 0 || g.dim == 0 || g.dim % g.heads != 0 {
+    if g.tokens == 0 || g.heads == 0 || g.dim == 0 || !g.dim.is_multiple_of(g.heads) {
         return Err(StoreError::BadGeometry {
             tokens: g.tokens,
             heads: g.heads,

@@ -128,10 +128,8 @@ impl SegmentWriter {
         if row.key != expected {
             return Err(StoreError::WrongKey {
                 segment: segment.clone(),
-                given: row.key,
+                row: Box::new(row),
                 expected,
-                image: row.image,
-                view: row.view,
             });
         }
         let p = &mut self.pending;

@@ -79,7 +79,7 @@ pub fn image(i: u64) -> ImageEntry {
         hash: Hash32::of_bytes(format!("image {i}").as_bytes()),
         path: format!("class{}/img_{i}.jpg", i % 3),
         size: 1000 + i,
-        label: (i % 3 != 0).then(|| format!("class{}", i % 3)),
+        label: (!i.is_multiple_of(3)).then(|| format!("class{}", i % 3)),
     }
 }
 
