@@ -20,7 +20,8 @@ use std::sync::OnceLock;
 
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider};
-use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
 
 /// Environment variable naming the ONNX Runtime library file explicitly.
 pub const ORT_DYLIB_PATH: &str = "ORT_DYLIB_PATH";
@@ -153,15 +154,41 @@ impl Runtime {
         ep::CUDA::is_available().unwrap_or(false)
     }
 
-    /// A session builder on `device` with `threads` intra-op threads (`None`: ONNX Runtime's
-    /// default, one per core), full graph optimisation, and the provider it will run on.
-    pub fn session_builder(
+    /// A session of the ONNX model `model` on `device` with `threads` intra-op threads
+    /// (`None`: ONNX Runtime's default, one per core) and full graph optimisation, and the
+    /// provider it runs on. With [`Device::Auto`], a CUDA provider that fails to start falls
+    /// back to the CPU with a message on stderr; with [`Device::Cuda`] that is an error.
+    pub fn session(
         &self,
+        model: &[u8],
         device: Device,
         threads: Option<usize>,
-    ) -> Result<(SessionBuilder, Provider), RuntimeError> {
+    ) -> Result<(Session, Provider), RuntimeError> {
         let provider = self.choose_provider(device)?;
-        let mut builder = ort::session::Session::builder(&self.environment)?
+        match self.try_session(model, provider, threads) {
+            Err(e) if provider == Provider::Cuda && device == Device::Auto => {
+                eprintln!("extract: the CUDA execution provider failed ({e}); using the CPU");
+                Ok((
+                    self.try_session(model, Provider::Cpu, threads)?,
+                    Provider::Cpu,
+                ))
+            }
+            Err(RuntimeError::Ort(e)) if provider == Provider::Cuda => {
+                Err(RuntimeError::CudaUnavailable {
+                    reason: format!("the CUDA execution provider failed to start: {e}"),
+                })
+            }
+            result => Ok((result?, provider)),
+        }
+    }
+
+    fn try_session(
+        &self,
+        model: &[u8],
+        provider: Provider,
+        threads: Option<usize>,
+    ) -> Result<Session, RuntimeError> {
+        let mut builder = Session::builder(&self.environment)?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(ort::Error::from)?;
         if let Some(threads) = threads {
@@ -172,11 +199,9 @@ impl Runtime {
         if provider == Provider::Cuda {
             builder = builder
                 .with_execution_providers([ep::CUDA::default().build().error_on_failure()])
-                .map_err(|e| RuntimeError::CudaUnavailable {
-                    reason: format!("the CUDA execution provider failed to start: {e}"),
-                })?;
+                .map_err(ort::Error::from)?;
         }
-        Ok((builder, provider))
+        Ok(builder.commit_from_memory(model)?)
     }
 
     /// The provider `device` resolves to on this machine.

@@ -175,6 +175,45 @@ fn a_run_stores_images_times_views_rows_and_a_rerun_writes_none() {
         (outcome["rows"].as_u64(), outcome["recomputed"].as_u64()),
         (Some(6), Some(2))
     );
+
+    // A flipped byte inside the targets' shard fails its checksum: verify reports it, exit 1.
+    let shard = largest_file(&store.join("segments"));
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&shard, bytes).unwrap();
+    let out = extract_cmd()
+        .args(["verify", store.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !outcome["store_problems"].as_array().unwrap().is_empty(),
+        "{outcome}"
+    );
+}
+
+fn largest_file(dir: &Path) -> std::path::PathBuf {
+    let mut best = (0, dir.to_path_buf());
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let candidate = if path.is_dir() {
+            let f = largest_file(&path);
+            (std::fs::metadata(&f).map_or(0, |m| m.len()), f)
+        } else {
+            (std::fs::metadata(&path).unwrap().len(), path)
+        };
+        if candidate.0 > best.0 {
+            best = candidate;
+        }
+    }
+    best.1
 }
 
 #[test]
@@ -395,6 +434,18 @@ fn usage_errors_exit_2_and_failures_exit_1_with_one_sentence() {
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    // This machine's ONNX Runtime is the CPU build.
+    let out = extract_cmd()
+        .args(with(&["--device", "cuda"]))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--device cuda") && err.contains("CUDA execution provider"),
+        "{err}"
+    );
 
     let mut args = with(&[]);
     args[1] = "/nowhere/teacher.onnx".into();

@@ -248,13 +248,16 @@ impl Teacher {
         let model = graph.select_outputs(&outputs)?;
         drop(graph);
 
-        let ort_err = |source: ort::Error| TeacherError::Ort {
-            path: path.to_path_buf(),
-            source,
-        };
         let runtime = Runtime::get()?;
-        let (mut builder, provider) = runtime.session_builder(options.device, options.threads)?;
-        let session = builder.commit_from_memory(&model).map_err(ort_err)?;
+        let (session, provider) = runtime
+            .session(&model, options.device, options.threads)
+            .map_err(|e| match e {
+                RuntimeError::Ort(source) => TeacherError::Ort {
+                    path: path.to_path_buf(),
+                    source,
+                },
+                e => TeacherError::Runtime(e),
+            })?;
         let mut teacher = Teacher {
             path: path.to_path_buf(),
             fingerprint,
