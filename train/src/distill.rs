@@ -3,7 +3,7 @@
 
 use candle_core::Tensor;
 
-use crate::error::Result;
+use crate::error::{Result, TrainError};
 use crate::grads::Gradients;
 use crate::loss::relation_loss;
 use crate::model::Student;
@@ -54,10 +54,13 @@ pub struct StepReport {
 impl Distiller {
     /// One optimiser step over `micro` micro-batches of equal size: each micro-batch's loss
     /// is divided by their count and the gradients summed, so the update equals the one of a
-    /// single batch holding them all (up to drop-path draws).
+    /// single batch holding them all (up to drop-path draws). An empty slice is an error.
     pub fn step(&mut self, micro: &[MicroBatch]) -> Result<StepReport> {
+        if micro.is_empty() {
+            return Err(TrainError::EmptyStep);
+        }
         let lr = self.schedule.lr_at(self.step);
-        let share = 1.0 / micro.len().max(1) as f64;
+        let share = 1.0 / micro.len() as f64;
         let mut grads = Gradients::default();
         let mut loss = 0.0;
         for batch in micro {

@@ -40,6 +40,19 @@ pub enum TrainError {
         /// The missing tensor's name.
         tensor: String,
     },
+    /// A tensor has the wrong element type.
+    #[error("{tensor}: expected dtype {expected}, got {actual:?}")]
+    DType {
+        /// The tensor.
+        tensor: String,
+        /// The expected dtype.
+        expected: String,
+        /// The dtype found.
+        actual: candle_core::DType,
+    },
+    /// A training step was given no micro-batch.
+    #[error("a distillation step needs at least one micro-batch, got none")]
+    EmptyStep,
     /// A tensor source holds a name the model does not know.
     #[error("{origin}: unexpected tensor `{tensor}` (not a parameter of this student)")]
     UnexpectedTensor {

@@ -111,7 +111,11 @@ fn bad_pixels_are_named() {
         .to_dtype(candle_core::DType::F64)
         .unwrap();
     let err = student.features(&f64_pixels).unwrap_err();
-    assert!(err.to_string().contains("f32"), "{err}");
+    assert!(matches!(err, TrainError::DType { .. }), "{err}");
+    assert!(
+        err.to_string().contains("pixels") && err.to_string().contains("f32"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -270,6 +274,13 @@ fn accumulating_two_halves_equals_one_batch() {
         let err = common::max_rel_err(&db, &da);
         assert!(err < 1e-4, "{}: update relative error {err:e}", p.name);
     }
+}
+
+#[test]
+fn a_step_without_micro_batches_is_refused() {
+    let mut d = distiller();
+    assert!(matches!(d.step(&[]), Err(TrainError::EmptyStep)));
+    assert_eq!(d.step, 0, "a refused step does not advance the schedule");
 }
 
 #[test]

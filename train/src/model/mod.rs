@@ -181,10 +181,10 @@ impl Student {
         let batch = pixels.dims().first().copied().unwrap_or(0);
         expect_shape("pixels", pixels, &[batch, 3, s, s])?;
         if pixels.dtype() != DType::F32 {
-            return Err(TrainError::Shape {
-                tensor: format!("pixels (dtype {:?}, expected f32)", pixels.dtype()),
-                expected: format!("[B, 3, {s}, {s}] f32"),
-                actual: pixels.dims().to_vec(),
+            return Err(TrainError::DType {
+                tensor: "pixels".to_string(),
+                expected: "f32".to_string(),
+                actual: pixels.dtype(),
             });
         }
         let patches = self.patch_embed.forward(pixels)?;
