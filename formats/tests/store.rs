@@ -475,3 +475,21 @@ fn readers_are_shared_between_threads_and_writers_move_to_one() {
         }
     });
 }
+
+#[test]
+fn empty_segments_and_segments_being_created_are_harmless() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = header(Encoding::Maps);
+    let store = create(dir.path(), &header);
+    // A writer that has claimed its folder but written no metadata yet.
+    std::fs::create_dir(dir.path().join("segments/0000000000-1-0-deadbeef")).unwrap();
+    let empty = store.begin_segment(0).unwrap();
+    let info = empty.commit(serde_json::json!({"views": 0})).unwrap();
+    assert_eq!((info.committed_rows, info.closed), (0, true));
+    let segments = store.segments().unwrap();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    assert_eq!(segments[0].id, info.id);
+    let reader = store.reader().unwrap();
+    assert!(reader.is_empty());
+    assert!(reader.verify().unwrap().is_ok());
+}
