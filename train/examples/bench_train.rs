@@ -1,0 +1,167 @@
+//! Training throughput side by side, same student, batch and views, in one process:
+//!
+//! 1. **cache**: targets read from a relation store (`maps`, f16) written beforehand;
+//! 2. **online**: targets computed every step by the teacher in candle (TinyMIM's set-up);
+//! 3. **synthetic**: pixels and targets fixed in memory, no loader: the step alone, the
+//!    ceiling the other two are measured against.
+//!
+//! The teacher is a random-weight ViT (MAE layout, sin-cos position embedding) of the size
+//! asked for; the images are the asset cache's photos when present, synthetic ones otherwise.
+//!
+//! ```text
+//! cargo run --release -p tinymim-train --example bench_train -- [--steps 6] [--batch 16]
+//!     [--views 2] [--teacher-dim 384] [--teacher-depth 12] [--teacher-heads 6]
+//! ```
+
+#[path = "../tests/loop_fixture/mod.rs"]
+mod loop_fixture;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, D};
+use tinymim_train::config::VitConfig;
+use tinymim_train::distill::{Distiller, MicroBatch};
+use tinymim_train::online::TeacherOptions;
+use tinymim_train::optim::{AdamW, AdamWConfig};
+use tinymim_train::run::{train, RunConfig, SourceConfig};
+use tinymim_train::{LrSchedule, Student, TrainRng};
+
+/// `--name value` from the command line, or `default`.
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} takes a number")))
+        .unwrap_or(default)
+}
+
+/// The asset cache's photos, if fetched.
+fn photos() -> Option<PathBuf> {
+    let cache = std::env::var_os("TINYMIM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/tinymim"));
+    let dir = cache.join("photos");
+    dir.is_dir().then_some(dir)
+}
+
+fn main() {
+    let steps = arg("--steps", 6) as u64;
+    let batch = arg("--batch", 16);
+    let views = arg("--views", 2) as u32;
+    let heads = arg("--teacher-heads", 6);
+    let teacher_config = VitConfig {
+        dim: arg("--teacher-dim", 384),
+        depth: arg("--teacher-depth", 12),
+        heads,
+        mlp_dim: 4 * arg("--teacher-dim", 384),
+        patch: 16,
+        image_size: 224,
+        drop_path: 0.0,
+    };
+    let student = VitConfig::preset("vit-tiny").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let images = photos().unwrap_or_else(|| {
+        let d = dir.path().join("images");
+        loop_fixture::write_images(&d, 10);
+        d
+    });
+    let teacher = loop_fixture::write_teacher(&dir.path().join("teacher"), &teacher_config, heads, 1);
+    let store = dir.path().join("relations.zarr");
+    let began = Instant::now();
+    loop_fixture::write_store(&store, &images, &teacher, heads, views, 0);
+    println!(
+        "teacher D {} depth {} heads {}, student vit-tiny, batch {batch}, {steps} steps per mode, \
+         images {}; store written in {:.1} s",
+        teacher_config.dim,
+        teacher_config.depth,
+        heads,
+        images.display(),
+        began.elapsed().as_secs_f64()
+    );
+
+    let cache = RunConfig {
+        source: SourceConfig::Cache { store },
+        images: Some(images.clone()),
+        student: student.clone(),
+        epochs: 1000,
+        batch,
+        accum: 1,
+        base_lr: 1.5e-4,
+        warmup_epochs: 1.0,
+        weight_decay: 0.05,
+        clip: None,
+        seed: 0,
+        jitter: true,
+        checkpoint_every: None,
+        max_steps: Some(steps),
+        resume: false,
+        device: Device::Cpu,
+        out: dir.path().join("cache-run"),
+        progress: false,
+        prefetch: 4,
+    };
+    let online = RunConfig {
+        source: SourceConfig::Online {
+            teacher,
+            options: TeacherOptions {
+                heads,
+                target_block: None,
+                image_size: None,
+            },
+            views,
+        },
+        out: dir.path().join("online-run"),
+        ..cache.clone()
+    };
+    let c = train(&cache).unwrap();
+    let o = train(&online).unwrap();
+    let s = synthetic_steps_per_s(&student, heads, batch, steps);
+    let rate = |summary: &tinymim_train::run::RunSummary| summary.new_steps as f64 / summary.seconds;
+    println!("mode       steps/s   views/s   data wait   vs synthetic");
+    for (name, steps_per_s, wait) in [
+        ("cache", rate(&c), c.data_wait_s),
+        ("online", rate(&o), o.data_wait_s),
+        ("synthetic", s, 0.0),
+    ] {
+        println!(
+            "{name:<10} {steps_per_s:>7.3} {:>9.2} {wait:>9.2} s {:>10.2}×",
+            steps_per_s * batch as f64,
+            steps_per_s / s
+        );
+    }
+    println!("cache / online speed-up: {:.2}×", rate(&c) / rate(&o));
+}
+
+/// Steps per second of the bare step on fixed in-memory pixels and targets.
+fn synthetic_steps_per_s(student: &VitConfig, heads: usize, batch: usize, steps: u64) -> f64 {
+    let device = Device::Cpu;
+    let model = Student::new(student, heads, 0, &device).unwrap();
+    let n = student.tokens();
+    let s = student.image_size;
+    let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &device).unwrap();
+    let target = |seed: f64| {
+        let logits = (Tensor::randn(0f32, 1.0, (batch, heads, n, n), &device).unwrap() * seed).unwrap();
+        candle_nn::ops::softmax(&logits, D::Minus1).unwrap().to_dtype(DType::F32).unwrap()
+    };
+    let (qk, vv) = (target(1.0), target(2.0));
+    let mut distiller = Distiller {
+        optimizer: AdamW::new(model.params(), AdamWConfig::default()),
+        student: model,
+        schedule: LrSchedule::scaled(1.5e-4, batch, 1.0, 1000.0, 1),
+        rng: TrainRng::from_seed(1),
+        step: 0,
+        clip_grad: None,
+    };
+    let micro = [MicroBatch {
+        pixels: &pixels,
+        target_qk: &qk,
+        target_vv: &vv,
+    }];
+    let began = Instant::now();
+    for _ in 0..steps {
+        distiller.step(&micro).unwrap();
+    }
+    steps as f64 / began.elapsed().as_secs_f64()
+}
