@@ -11,7 +11,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::atomic::{read, write_atomic};
+use crate::atomic::{read, save_safetensors};
 use crate::config::VitConfig;
 use crate::distill::Distiller;
 use crate::error::{Result, TrainError};
@@ -95,12 +95,11 @@ impl Checkpoint {
             tensors.push((format!("{SECOND_MOMENT}{name}"), m.v.clone()));
         }
         let json = serde_json::to_string(&meta).expect("checkpoint metadata serialises");
-        let bytes = safetensors::serialize(
+        save_safetensors(
+            path,
             tensors,
             Some(HashMap::from([(METADATA_KEY.to_string(), json)])),
         )
-        .map_err(|e| invalid(path, format!("cannot serialise checkpoint: {e}")))?;
-        write_atomic(path, &bytes)
     }
 
     /// Loads a checkpoint written by [`Checkpoint::save`] onto `device`.

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::atomic::write_atomic;
+use crate::atomic::{save_safetensors, write_atomic};
 use crate::error::{Result, TrainError};
 use crate::model::{Student, LAYER_NORM_EPS};
 
@@ -21,14 +21,7 @@ pub fn export_student(dir: &Path, student: &Student) -> Result<()> {
         path: dir.to_path_buf(),
         source,
     })?;
-    let weights_path = dir.join(WEIGHTS_FILE);
-    let bytes = safetensors::serialize(student.export_tensors(), None).map_err(|e| {
-        TrainError::Checkpoint {
-            path: weights_path.clone(),
-            message: format!("cannot serialise weights: {e}"),
-        }
-    })?;
-    write_atomic(&weights_path, &bytes)?;
+    save_safetensors(&dir.join(WEIGHTS_FILE), student.export_tensors(), None)?;
     let config = serde_json::to_vec_pretty(&export_config(student)).expect("JSON value serialises");
     write_atomic(&dir.join(CONFIG_FILE), &config)
 }

@@ -98,6 +98,15 @@ fn a_resumed_run_continues_exactly() {
     run(&mut first, 0..SPLIT);
     let loop_state = serde_json::json!({"epoch": 1, "cursor": [3, 4]});
     Checkpoint::save(&path, &first, &loop_state).unwrap();
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        files,
+        vec!["ckpt.safetensors"],
+        "the temp file was renamed into place"
+    );
     drop(first);
 
     let loaded = Checkpoint::load(&path, &Device::Cpu).unwrap();
