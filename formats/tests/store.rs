@@ -83,6 +83,7 @@ fn what_is_pushed_is_read_back_bit_for_bit_in_every_encoding() {
         let report = reader.verify().unwrap();
         assert!(report.is_ok(), "{:?}", report.problems);
         assert_eq!((report.rows, report.segments), (10, 1));
+        assert_eq!(reader.qkv_params(), params_for(encoding).as_ref());
         assert_eq!(
             store.qkv_params().unwrap(),
             params_for(encoding),

@@ -105,6 +105,11 @@ impl StoreReader {
         &self.header
     }
 
+    /// The target block's qkv weight and bias (`ln1` stores only), for decoding on a device.
+    pub fn qkv_params(&self) -> Option<&QkvParams> {
+        self.qkv.as_ref()
+    }
+
     /// Number of committed rows.
     pub fn len(&self) -> usize {
         self.rows.len()
