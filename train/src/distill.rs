@@ -12,6 +12,8 @@ use crate::rng::TrainRng;
 use crate::schedule::LrSchedule;
 
 /// Everything a run needs to continue exactly where it stopped; a checkpoint saves all of it.
+/// Cloning shares the student's parameters (see [`Student`]); a checkpoint is the way to fork
+/// a run.
 #[derive(Clone, Debug)]
 pub struct Distiller {
     /// The student being trained.

@@ -33,6 +33,10 @@ pub const POS_EMBED: &str = "pos_embed";
 /// `norm2`, `mlp` and the final `norm` never receive a gradient: they keep their initial
 /// values and exist so that exports load in timm/MAE code (see
 /// [`Student::receives_distillation_gradient`]).
+///
+/// Cloning is shallow: candle variables are reference-counted, so a clone shares the
+/// parameters and sees every update. For an independent copy, build a new student and
+/// [`Student::load_weights`] from [`Student::export_tensors`].
 #[derive(Clone, Debug)]
 pub struct Student {
     config: VitConfig,
