@@ -43,6 +43,17 @@ struct PendingShard {
     targets: Vec<f16>,
 }
 
+impl PendingShard {
+    /// Empties the buffer, keeping its allocations for the next shard.
+    fn clear(&mut self) {
+        self.rows = 0;
+        self.keys.clear();
+        self.images.clear();
+        self.views.clear();
+        self.targets.clear();
+    }
+}
+
 impl SegmentWriter {
     /// Creates the segment's arrays and its (empty, invisible) state.
     pub(super) fn create(
@@ -97,8 +108,10 @@ impl SegmentWriter {
 
     /// Appends one row; `targets` must hold exactly one row of the store's encoding, the row's
     /// image must be in the image table and its key must be the content key of
-    /// (teacher, block, encoding, image, view). Writes a shard whenever one fills up.
+    /// (teacher, block, encoding, image, view). Writes a shard whenever one fills up; if that
+    /// write fails the row stays buffered and the next push, checkpoint or commit retries it.
     pub fn push(&mut self, row: RowMeta, targets: &[f16]) -> Result<()> {
+        self.write_full_shard()?;
         let segment = &self.id;
         check_len(
             &format!("segment {segment}: targets of row {}", self.rows()),
@@ -140,7 +153,12 @@ impl SegmentWriter {
             .extend_from_slice(&[v.x, v.y, v.w, v.h, u32::from(v.flip)]);
         p.targets.extend_from_slice(targets);
         p.rows += 1;
-        if p.rows == self.state.shard_rows {
+        self.write_full_shard()
+    }
+
+    /// Writes the buffered rows if they fill a shard.
+    fn write_full_shard(&mut self) -> Result<()> {
+        if self.pending.rows == self.state.shard_rows {
             self.write_shard().map_err(|e| e.within(&self.root))?;
         }
         Ok(())
@@ -154,6 +172,7 @@ impl SegmentWriter {
     /// Writes every full shard buffered so far and the image table, then advances the
     /// watermark past the written rows. Rows of a partly filled shard stay buffered.
     pub fn checkpoint(&mut self) -> Result<()> {
+        self.write_full_shard()?;
         self.write_images().map_err(|e| e.within(&self.root))?;
         self.state.committed_rows = self.written_rows;
         self.state.committed_images = self.images.len() as u64;
@@ -198,23 +217,32 @@ impl SegmentWriter {
         })
     }
 
-    /// Writes the buffered rows as shard `written_rows / shard_rows`, padded to whole shards.
+    /// Writes the buffered rows as shard `written_rows / shard_rows`, padded to a whole shard.
+    /// On failure the rows stay buffered, unpadded.
     fn write_shard(&mut self) -> Result<()> {
         let shard_rows = self.state.shard_rows;
         let index = self.written_rows / shard_rows;
-        let mut p = std::mem::take(&mut self.pending);
+        let p = &mut self.pending;
+        let lens = (p.keys.len(), p.images.len(), p.views.len(), p.targets.len());
         let missing = (shard_rows - p.rows) as usize;
-        p.keys.resize(p.keys.len() + 32 * missing, 0);
-        p.images.resize(p.images.len() + 32 * missing, 0);
-        p.views.resize(p.views.len() + 5 * missing, 0);
-        p.targets
-            .resize(p.targets.len() + self.row_len * missing, f16::ZERO);
+        p.keys.resize(lens.0 + 32 * missing, 0);
+        p.images.resize(lens.1 + 32 * missing, 0);
+        p.views.resize(lens.2 + 5 * missing, 0);
+        p.targets.resize(lens.3 + self.row_len * missing, f16::ZERO);
         let r = &self.rows;
-        store_shard(&r.key, index, p.keys)?;
-        store_shard(&r.image, index, p.images)?;
-        store_shard(&r.view, index, p.views)?;
-        store_shard(&r.targets, index, p.targets)?;
+        let written = store_shard(&r.key, index, &p.keys)
+            .and_then(|()| store_shard(&r.image, index, &p.images))
+            .and_then(|()| store_shard(&r.view, index, &p.views))
+            .and_then(|()| store_shard(&r.targets, index, &p.targets));
+        if let Err(e) = written {
+            p.keys.truncate(lens.0);
+            p.images.truncate(lens.1);
+            p.views.truncate(lens.2);
+            p.targets.truncate(lens.3);
+            return Err(e);
+        }
         self.written_rows += p.rows;
+        p.clear();
         Ok(())
     }
 
@@ -257,7 +285,7 @@ impl SegmentWriter {
 fn store_shard<T: zarrs::array::Element>(
     array: &super::layout::StoreArray,
     index: u64,
-    data: Vec<T>,
+    data: &[T],
 ) -> Result<()> {
     array
         .store_chunk(&row_chunk(array, index), data)
