@@ -64,13 +64,8 @@ fn main() -> anyhow::Result<()> {
             pixels.extend(out);
         }
     }
-    let total = pixels.len() / teacher.pixels_per_view();
-    let started = Instant::now();
-    for chunk in pixels.chunks(batch * teacher.pixels_per_view()) {
-        teacher.run(chunk, chunk.len() / teacher.pixels_per_view())?;
-    }
-    let bare = total as f64 / started.elapsed().as_secs_f64();
-    drop(pixels);
+    let per_view = teacher.pixels_per_view();
+    let total = pixels.len() / per_view;
     eprintln!(
         "{total} views of {}×{} px, batch {batch}, provider {}, threads {}",
         g.image_size,
@@ -84,6 +79,12 @@ fn main() -> anyhow::Result<()> {
     );
 
     for encoding in Encoding::ALL {
+        // Timed right before each extraction, so that both see the same machine load.
+        let started = Instant::now();
+        for chunk in pixels.chunks(batch * per_view) {
+            teacher.run(chunk, chunk.len() / per_view)?;
+        }
+        let bare = total as f64 / started.elapsed().as_secs_f64();
         let dir = tempfile::tempdir()?;
         let run = ExtractOptions {
             images: photos.clone(),

@@ -6,10 +6,10 @@
 //! 1. **render** (a dedicated rayon pool): read each file, hash it, keep it if it belongs to
 //!    this `--shard` and was not seen before in this run, decode, draw its views, drop views
 //!    whose content key is already committed in the store, render the rest;
-//! 2. **teacher** (the calling thread): batches of views through ONNX Runtime, then the
-//!    encoding (in parallel over views);
-//! 3. **write** (its own thread): rows into this run's segment, checkpointed every few
-//!    seconds, committed at the end with the run's summary in the segment's attributes.
+//! 2. **teacher** (the calling thread): batches of views through ONNX Runtime;
+//! 3. **write** (its own thread): the encoding (in parallel over views), then rows into this
+//!    run's segment, checkpointed every few seconds, committed at the end with the run's
+//!    summary in the segment's attributes.
 //!
 //! A bad image (unreadable, corrupt, not an image) is listed with its reason and skipped.
 
@@ -19,7 +19,6 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use half::f16;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -31,7 +30,7 @@ use tinymim_formats::{
 
 use crate::encode::{encode_batch, EncodeError};
 use crate::source::{walk, Shard, SourceError, SourceFile};
-use crate::teacher::{Teacher, TeacherError};
+use crate::teacher::{Teacher, TeacherBatch, TeacherError};
 
 /// What to extract and where to.
 #[derive(Clone, Debug)]
@@ -143,10 +142,11 @@ enum Outcome {
     Bad(BadImage),
 }
 
-/// Rows on their way to the store, with image entries to add first.
+/// A teacher batch on its way to be encoded and stored, with image entries to add first.
 struct WriteBatch {
     images: Vec<ImageEntry>,
-    rows: Vec<(RowMeta, Vec<f16>)>,
+    rows: Vec<RowMeta>,
+    outputs: TeacherBatch,
 }
 
 /// Runs one extraction with `teacher` into the store at `options.out`.
@@ -193,7 +193,10 @@ pub fn extract(teacher: &mut Teacher, options: &ExtractOptions) -> Result<Summar
     let writer = {
         let shard_rows = options.shard_rows;
         let every = options.checkpoint_every;
-        std::thread::spawn(move || write_stage(store, capacity, shard_rows, every, write_rx))
+        let encoding = options.encoding;
+        std::thread::spawn(move || {
+            write_stage(store, encoding, capacity, shard_rows, every, write_rx)
+        })
     };
 
     let mut summary = Summary {
@@ -214,7 +217,6 @@ pub fn extract(teacher: &mut Teacher, options: &ExtractOptions) -> Result<Summar
     };
     let teacher_result = teacher_stage(
         teacher,
-        options.encoding,
         batch,
         render_rx,
         &write_tx,
@@ -264,7 +266,6 @@ fn progress_bar(enabled: bool, files: u64) -> ProgressBar {
 /// Runs batches through the teacher as rendered views arrive; hands rows to the writer.
 fn teacher_stage(
     teacher: &mut Teacher,
-    encoding: Encoding,
     batch: usize,
     outcomes: Receiver<Outcome>,
     writer: &SyncSender<WriteBatch>,
@@ -281,10 +282,13 @@ fn teacher_stage(
             pixels.extend_from_slice(&v.pixels);
         }
         let outputs = teacher.run(&pixels, count)?;
-        let rows = encode_batch(encoding, &outputs)?;
-        let rows = views.into_iter().map(|v| v.row).zip(rows).collect();
+        let rows = views.into_iter().map(|v| v.row).collect();
         writer
-            .send(WriteBatch { images, rows })
+            .send(WriteBatch {
+                images,
+                rows,
+                outputs,
+            })
             .map_err(|_| ExtractError::Stage("write"))?;
         summary.views_written += count as u64;
         let rate = summary.views_written as f64 / started.elapsed().as_secs_f64().max(1e-9);
@@ -424,9 +428,12 @@ fn strip_path(message: &str, path: &std::path::Path) -> String {
     message.strip_prefix(&prefix).unwrap_or(message).to_string()
 }
 
-/// Writes rows into one segment, begun on the first rows; returns it uncommitted.
+/// Encodes teacher batches and writes their rows into one segment, begun on the first rows;
+/// returns it uncommitted. Encoding here keeps it off the teacher's thread, so the teacher
+/// runs the next batch meanwhile.
 fn write_stage(
     store: RelationStore,
+    encoding: Encoding,
     capacity: u64,
     shard_rows: Option<u64>,
     checkpoint_every: Duration,
@@ -445,7 +452,8 @@ fn write_stage(
         for entry in batch.images {
             writer.add_image(entry)?;
         }
-        for (row, targets) in batch.rows {
+        let targets = encode_batch(encoding, &batch.outputs)?;
+        for (row, targets) in batch.rows.into_iter().zip(targets) {
             writer.push(row, &targets)?;
         }
         if last_checkpoint.elapsed() >= checkpoint_every {
