@@ -494,3 +494,30 @@ fn empty_segments_and_segments_being_created_are_harmless() {
     assert!(reader.is_empty());
     assert!(reader.verify().unwrap().is_ok());
 }
+
+#[test]
+fn a_failed_shard_write_keeps_its_rows_and_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = header(Encoding::Maps);
+    let store = create(dir.path(), &header);
+    let written = rows(&header, 0, 4);
+    let mut writer = store.begin_segment_with_shard_rows(8, 2).unwrap();
+    // A file where the targets' chunk folder must go makes the first shard write fail.
+    let blocker = dir.path().join(format!("segments/{}/maps/c", writer.id()));
+    std::fs::write(&blocker, b"in the way").unwrap();
+    push_all(&mut writer, &written[..1]);
+    let (image, meta, targets) = &written[1];
+    writer.add_image(image.clone()).unwrap();
+    let err = writer.push(*meta, targets).unwrap_err();
+    assert!(err.to_string().contains("maps"), "{err}");
+    assert_eq!(writer.rows(), 2, "the row stays buffered");
+    std::fs::remove_file(&blocker).unwrap();
+    push_all(&mut writer, &written[2..]);
+    writer.commit(serde_json::Value::Null).unwrap();
+    let reader = store.reader().unwrap();
+    assert_eq!(reader.len(), 4);
+    for (i, (_, meta, targets)) in written.iter().enumerate() {
+        assert_eq!(reader.row(i), meta);
+        assert_eq!(bits(&reader.targets(i).unwrap()), bits(targets));
+    }
+}
