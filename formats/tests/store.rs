@@ -521,3 +521,24 @@ fn a_failed_shard_write_keeps_its_rows_and_is_retried() {
         assert_eq!(bits(&reader.targets(i).unwrap()), bits(targets));
     }
 }
+
+#[test]
+fn verify_finds_a_corrupt_shard_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, _) = committed_store(dir.path());
+    let shard = dir.path().join(format!("segments/{id}/maps/c/0/0/0/0/0"));
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let len = bytes.len();
+    bytes[len - 20] ^= 0x80; // inside the index (4 × 16 bytes, then its crc32c)
+    std::fs::write(&shard, bytes).unwrap();
+    let reader = RelationStore::open(dir.path()).unwrap().reader().unwrap();
+    assert!(reader.targets(0).is_err());
+    let report = reader.verify().unwrap();
+    assert!(!report.is_ok());
+    for problem in &report.problems {
+        assert!(
+            matches!(problem, VerifyProblem::Unreadable { row, .. } if *row < 4),
+            "{problem}"
+        );
+    }
+}

@@ -188,12 +188,17 @@ impl StoreReader {
             row,
             reason,
         };
-        if read_rows::<f16>(&segment.arrays.targets, range.clone()).is_err() {
-            // Find the rows whose inner chunks fail.
+        if let Err(shard_error) = read_rows::<f16>(&segment.arrays.targets, range.clone()) {
+            // Find the rows whose inner chunks fail; blame the shard's first row otherwise.
+            let before = problems.len();
             for row in range.clone() {
                 if let Err(e) = segment.targets.row(row) {
                     problems.push(unreadable(row, e.within(&self.root).to_string()));
                 }
+            }
+            if problems.len() == before {
+                let reason = shard_error.within(&self.root).to_string();
+                problems.push(unreadable(range.start, reason));
             }
         }
         let meta = match read_meta(&segment.arrays, range.clone()) {
