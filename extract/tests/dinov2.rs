@@ -74,7 +74,7 @@ fn maps_from_qkv_equal_the_models_own_attention_probabilities() {
     assert_eq!(attention.shape(), &[2, 6, 257, 257]);
     let rows = encode_batch(Encoding::Maps, &batch).unwrap();
     let n = g.tokens as usize;
-    for i in 0..2 {
+    for (i, stored_row) in rows.iter().enumerate() {
         let maps = relation_maps(view3(&batch.q, i), view3(&batch.k, i), view3(&batch.v, i));
         let r_qk = maps.index_axis(Axis(0), 0);
         let reference = attention.index_axis(Axis(0), i);
@@ -90,7 +90,7 @@ fn maps_from_qkv_equal_the_models_own_attention_probabilities() {
         for (h, row) in reference.outer_iter().enumerate() {
             for (q, probs) in row.outer_iter().enumerate() {
                 for (k, &p) in probs.iter().enumerate() {
-                    let stored = rows[i][(h * n + q) * n + k].to_f32();
+                    let stored = stored_row[(h * n + q) * n + k].to_f32();
                     let tol = F16_U * p + F16_SUB + F32_SLACK;
                     assert!(
                         (stored - p).abs() <= tol,

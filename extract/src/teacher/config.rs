@@ -163,7 +163,7 @@ impl TeacherConfig {
                 return Err(bad(field, format!("`{field}` must be positive")));
             }
         }
-        if self.dim % self.heads != 0 {
+        if !self.dim.is_multiple_of(self.heads) {
             return Err(bad(
                 "heads",
                 format!(

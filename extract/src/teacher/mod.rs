@@ -493,7 +493,7 @@ fn contract_config(graph: &OnnxGraph) -> Result<TeacherConfig, TeacherError> {
             ..Default::default()
         }),
     };
-    if config.heads == 0 || config.dim % config.heads != 0 {
+    if config.heads == 0 || !config.dim.is_multiple_of(config.heads) {
         return Err(TeacherError::BadMetadata {
             path,
             key: contract::META_GEOMETRY,
