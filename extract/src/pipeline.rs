@@ -109,7 +109,16 @@ pub enum ExtractError {
     /// The source folder could not be listed.
     #[error(transparent)]
     Source(#[from] SourceError),
-    /// The store refused the run or failed to write.
+    /// The store could not be created, or refused this run (another teacher, encoding, …).
+    #[error("{path}: cannot extract into this store: {source}")]
+    Open {
+        /// The store's folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+    /// The store failed to read or write.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The teacher failed.
@@ -166,7 +175,12 @@ pub fn extract(teacher: &mut Teacher, options: &ExtractOptions) -> Result<Summar
         Encoding::Ln1 => teacher.qkv_params(),
         _ => None,
     };
-    let store = RelationStore::create_or_open(&options.out, &header, qkv)?;
+    let store = RelationStore::create_or_open(&options.out, &header, qkv).map_err(|source| {
+        ExtractError::Open {
+            path: options.out.clone(),
+            source,
+        }
+    })?;
     let committed = Arc::new(store.committed_keys()?);
     let bytes_before = store.disk_bytes()?;
     let files = walk(&options.images)?;

@@ -355,7 +355,21 @@ fn corrupt_and_empty_images_are_reported_and_skipped() {
     std::fs::write(images.path().join("empty.png"), b"").unwrap();
     let work = tempfile::tempdir().unwrap();
     let store = work.path().join("r.zarr");
-    let summary = run_ok(images.path(), &store, &["--encoding", "qkv"]);
+    // Also: with no ORT_DYLIB_PATH and an empty TINYMIM_CACHE, the library is still found in
+    // the workspace's own cache.
+    let empty_cache = tempfile::tempdir().unwrap();
+    let out = extract_cmd()
+        .args(run_args(images.path(), &store, &["--encoding", "qkv"]))
+        .env_remove("ORT_DYLIB_PATH")
+        .env("TINYMIM_CACHE", empty_cache.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let bad: Vec<String> = summary["bad"]
         .as_array()
         .unwrap()
@@ -388,6 +402,7 @@ fn a_store_of_another_encoding_or_teacher_is_refused_naming_both() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("qkv") && err.contains("maps"), "{err}");
+    assert!(err.contains(store.to_str().unwrap()), "{err}");
 
     // The same model with one more protobuf field (doc_string = "x") appended: a valid ONNX
     // file, hence a different teacher fingerprint.
