@@ -202,19 +202,19 @@ impl VitArch {
                 return bad(format!("{field} must be positive"));
             }
         }
-        if self.dim % self.heads != 0 {
+        if !self.dim.is_multiple_of(self.heads) {
             return bad(format!(
                 "dim {} is not divisible by heads {}",
                 self.dim, self.heads
             ));
         }
-        if self.dim % self.relation_heads != 0 {
+        if !self.dim.is_multiple_of(self.relation_heads) {
             return bad(format!(
                 "dim {} is not divisible by the relation heads {} (--heads)",
                 self.dim, self.relation_heads
             ));
         }
-        if self.image_size % self.patch != 0 {
+        if !self.image_size.is_multiple_of(self.patch) {
             return bad(format!(
                 "image_size {} is not a multiple of patch {}",
                 self.image_size, self.patch
