@@ -136,6 +136,8 @@ pub enum ExtractError {
 struct PendingView {
     row: RowMeta,
     pixels: Vec<f32>,
+    /// The image's last new view: once it has run, the image counts as done.
+    last_of_image: bool,
 }
 
 /// What the render stage made of one file.
@@ -291,6 +293,7 @@ fn teacher_stage(
     let mut new_images: Vec<ImageEntry> = Vec::new();
     let mut run = |views: Vec<PendingView>, images: Vec<ImageEntry>, summary: &mut Summary| {
         let count = views.len();
+        let images_done = views.iter().filter(|v| v.last_of_image).count() as u64;
         let mut pixels = Vec::with_capacity(count * teacher.pixels_per_view());
         for v in &views {
             pixels.extend_from_slice(&v.pixels);
@@ -305,12 +308,17 @@ fn teacher_stage(
             })
             .map_err(|_| ExtractError::Stage("write"))?;
         summary.views_written += count as u64;
+        progress.inc(images_done);
         let rate = summary.views_written as f64 / started.elapsed().as_secs_f64().max(1e-9);
         progress.set_message(format!("{} views ({rate:.2}/s)", summary.views_written));
         Ok::<(), ExtractError>(())
     };
     for outcome in outcomes {
-        progress.inc(1);
+        // An image with new views counts as done once its last view has run.
+        let has_views = matches!(&outcome, Outcome::Image { views, .. } if !views.is_empty());
+        if !has_views {
+            progress.inc(1);
+        }
         match outcome {
             Outcome::Image {
                 entry,
@@ -422,7 +430,11 @@ fn render_file(file: &SourceFile, ctx: &RenderContext) -> Outcome {
                 view,
             },
             pixels,
+            last_of_image: false,
         });
+    }
+    if let Some(last) = views.last_mut() {
+        last.last_of_image = true;
     }
     Outcome::Image {
         entry: ImageEntry {
