@@ -18,7 +18,6 @@
 //!
 //! Unknown fields are ignored, so a student's `config.json` may carry more.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -109,6 +108,16 @@ impl ArchFile {
             path: format!("<preset {name}>").into(),
             reason: e.to_string(),
         })
+    }
+
+    /// The built-in preset whose width and depth are `dim` and `depth`, if exactly one is.
+    pub fn matching_preset(dim: usize, depth: usize) -> Option<Self> {
+        let mut matches = PRESETS
+            .iter()
+            .filter_map(|(name, _)| Self::preset(name).ok())
+            .filter(|p| p.dim == Some(dim) && p.depth == Some(depth));
+        let first = matches.next()?;
+        matches.next().is_none().then_some(first)
     }
 
     /// Reads a `.json` (student `config.json`) or TOML architecture file.
@@ -298,15 +307,12 @@ impl VitArch {
     /// Checks the checkpoint against this architecture: its number of blocks, and the presence
     /// and shape of every tensor the truncated teacher uses.
     pub fn check(&self, checkpoint: &Checkpoint) -> Result<(), ExportError> {
-        let blocks: BTreeSet<usize> = checkpoint
-            .names()
-            .filter_map(|n| n.strip_prefix("blocks.")?.split('.').next()?.parse().ok())
-            .collect();
-        if blocks.len() != self.depth {
+        let blocks = checkpoint.block_count();
+        if blocks != self.depth {
             return Err(ExportError::DepthMismatch {
                 path: checkpoint.path().to_path_buf(),
                 expected: self.depth,
-                found: blocks.len(),
+                found: blocks,
             });
         }
         let summary = self.summary();
@@ -365,6 +371,19 @@ mod tests {
             (768, 12, 12, 12)
         );
         assert_eq!(base.normalization, Normalization::IMAGENET);
+    }
+
+    #[test]
+    fn presets_are_matched_by_width_and_depth() {
+        let large = ArchFile::matching_preset(1024, 24).unwrap();
+        assert_eq!(
+            (large.arch.as_deref(), large.target_block),
+            (Some("mae-vit-large"), Some(18))
+        );
+        let base = ArchFile::matching_preset(768, 12).unwrap();
+        assert_eq!(base.arch.as_deref(), Some("mae-vit-base"));
+        assert!(ArchFile::matching_preset(64, 4).is_none());
+        assert!(ArchFile::matching_preset(1024, 12).is_none());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! and `.safetensors` files (a student exported by `train`). Every tensor is handed out as
 //! float32, whatever its stored dtype.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::pickle::PthTensors;
@@ -103,6 +103,23 @@ impl Checkpoint {
         self.shapes.keys().map(String::as_str)
     }
 
+    /// The number of distinct blocks `blocks.{i}.*` (decoder blocks and others do not count).
+    pub fn block_count(&self) -> usize {
+        let blocks: BTreeSet<usize> = self
+            .names()
+            .filter_map(|n| n.strip_prefix("blocks.")?.split('.').next()?.parse().ok())
+            .collect();
+        blocks.len()
+    }
+
+    /// The model width D, read from `cls_token` `[1, 1, D]`.
+    pub fn width(&self) -> Option<usize> {
+        match self.shape("cls_token")? {
+            [1, 1, d] => Some(*d),
+            _ => None,
+        }
+    }
+
     /// Checks that tensor `name` exists with shape `expected`; `arch` describes the architecture
     /// for the error message.
     pub fn expect_shape(
@@ -173,6 +190,8 @@ mod tests {
             assert_eq!(bare.load_f32(name).unwrap(), mae.load_f32(name).unwrap());
         }
         assert_eq!(mae.shape("pos_embed"), Some(&[1, 17, 64][..]));
+        assert_eq!((mae.block_count(), mae.width()), (4, Some(64)));
+        assert_eq!((bare.block_count(), bare.width()), (0, Some(64)));
     }
 
     #[test]

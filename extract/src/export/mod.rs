@@ -2,7 +2,7 @@
 //! teacher contract ([`tinymim_formats::teacher::contract`]).
 //!
 //! ```text
-//! extract teacher --preset mae-vit-large --checkpoint mae_pretrain_vit_large.pth --out mae_vit_l.onnx
+//! extract teacher --checkpoint mae_pretrain_vit_large.pth --block 18 --out mae_vit_l.onnx
 //! extract teacher --checkpoint runs/vit-base/export/model.safetensors --heads 12 --out vit_b.onnx
 //! ```
 //!
@@ -39,6 +39,8 @@ pub struct ExportArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// A built-in architecture preset: mae-vit-large (target block 18) or mae-vit-base (12).
+    /// Without --preset, --config or a config.json, the preset whose width and depth match the
+    /// checkpoint is used, if any.
     #[arg(long, conflicts_with = "config")]
     pub preset: Option<String>,
     /// An architecture file: a TOML preset or a student's config.json. Without --preset or
@@ -88,9 +90,9 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<()> {
 /// Exports the teacher described by `args`: resolves and checks the architecture against the
 /// checkpoint, builds the truncated graph and writes it with the contract's metadata.
 pub fn export(args: &ExportArgs) -> Result<ExportSummary, ExportError> {
-    let file = arch_file(args)?;
-    let arch = VitArch::resolve(&args.arch, &file)?;
     let checkpoint = Checkpoint::open(&args.checkpoint)?;
+    let file = arch_file(args, &checkpoint)?;
+    let arch = VitArch::resolve(&args.arch, &file)?;
     arch.check(&checkpoint)?;
     let weights =
         Hash32::of_file(&args.checkpoint).map_err(|e| ExportError::CheckpointUnreadable {
@@ -114,8 +116,9 @@ pub fn export(args: &ExportArgs) -> Result<ExportSummary, ExportError> {
 }
 
 /// The architecture file: `--preset`, `--config`, a `config.json` beside a `.safetensors`
-/// checkpoint, or none (flags only).
-fn arch_file(args: &ExportArgs) -> Result<ArchFile, ExportError> {
+/// checkpoint, the built-in preset with the checkpoint's width and depth (so that
+/// `--checkpoint mae_pretrain_vit_large.pth` alone is enough), or none (flags only).
+fn arch_file(args: &ExportArgs, checkpoint: &Checkpoint) -> Result<ArchFile, ExportError> {
     if let Some(name) = &args.preset {
         return ArchFile::preset(name);
     }
@@ -130,7 +133,10 @@ fn arch_file(args: &ExportArgs) -> Result<ArchFile, ExportError> {
     if is_safetensors && beside.is_file() {
         return ArchFile::load(&beside);
     }
-    Ok(ArchFile::default())
+    let matching = checkpoint
+        .width()
+        .and_then(|dim| ArchFile::matching_preset(dim, checkpoint.block_count()));
+    Ok(matching.unwrap_or_default())
 }
 
 #[cfg(test)]
