@@ -45,6 +45,12 @@
 //!
 //! Every view therefore lies inside the image with `w, h ≥ 1`. An image side of 0 (which no
 //! decoded image has) is treated as 1.
+//!
+//! `formats/tests/fixtures/render/generate.py` replays this in Python (`blake3` package), and
+//! the tests check its views against [`sample_view`]. `ln` and `exp` come from the platform's
+//! maths library; a last-bit difference there could change a view only where a square root
+//! lands within an ulp of a half-integer. Views are stored explicitly, so stores never depend
+//! on replaying them.
 
 use serde::{Deserialize, Serialize};
 
