@@ -23,9 +23,9 @@ pub mod view;
 
 pub use encoding::Encoding;
 pub use hash::{content_key, Hash32};
-pub use render::{Normalization, RenderError, SourceImage};
+pub use render::{render_view, Normalization, RenderError, SourceImage};
 pub use teacher::TeacherGeometry;
-pub use view::{View, ViewRecipe};
+pub use view::{sample_view, sample_views, View, ViewRecipe};
 pub use relation::{decode_maps, relation_maps, split_heads_qkv};
 pub use store::{
     ImageEntry, QkvParams, RelationStore, RowMeta, SegmentInfo, SegmentWriter, StoreError,
