@@ -252,3 +252,57 @@ fn recipes_parse_and_fill_the_run() {
         assert!(err.contains("nonexistent.zarr"), "{recipe}: {err}");
     }
 }
+
+#[test]
+fn trains_online_from_a_teacher_checkpoint_then_probes_the_export() {
+    let world = World::new(3, 2);
+    let out = world.dir.path().join("online");
+    let mut args = vec![
+        "--teacher",
+        world.teacher.to_str().unwrap(),
+        "--images",
+        world.images.to_str().unwrap(),
+        "--views",
+        "2",
+    ];
+    args.extend_from_slice(STUDENT);
+    args.extend_from_slice(&[
+        "--epochs",
+        "1",
+        "--batch",
+        "2",
+        "--warmup-epochs",
+        "0",
+        "--max-steps",
+        "2",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    // The head count comes from the config.json exported beside the teacher's weights.
+    let result = train(&args);
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert!(String::from_utf8_lossy(&result.stdout).starts_with("trained 2 steps"));
+
+    // Probe the export over a labelled copy of the images (class = sub-folder).
+    let labelled = world.dir.path().join("labelled");
+    for (i, class) in ["a", "a", "b"].iter().enumerate() {
+        std::fs::create_dir_all(labelled.join(class)).unwrap();
+        let name = format!("img{i}.png");
+        std::fs::copy(world.images.join(&name), labelled.join(class).join(&name)).unwrap();
+    }
+    let weights = out.join("model.safetensors");
+    let result = train(&[
+        "probe",
+        "--model",
+        weights.to_str().unwrap(),
+        "--images",
+        labelled.to_str().unwrap(),
+    ]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        stdout.contains("top-1") && stdout.contains("class token"),
+        "{stdout}"
+    );
+}
