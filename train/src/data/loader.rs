@@ -111,9 +111,15 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// Starts the background thread.
+    /// Starts the background thread. Its parallel work runs in a rayon pool of its own: in
+    /// the global pool, a long image decode would hold up the step's parallel matmuls, which
+    /// candle runs there.
     pub fn start(spec: LoaderSpec) -> Loader {
         let (sender, receiver) = sync_channel(spec.prefetch.max(1));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("tinymim-loader-{i}"))
+            .build()
+            .expect("the OS can start threads");
         let worker = std::thread::Builder::new()
             .name("tinymim-loader".to_string())
             .spawn(move || {
@@ -124,7 +130,7 @@ impl Loader {
                         order = Some((epoch, epoch_order(spec.rows.len(), spec.plan.seed, epoch)));
                     }
                     let (_, rows) = order.as_ref().expect("set above");
-                    let batch = load_micro_batch(&spec, micro, rows);
+                    let batch = pool.install(|| load_micro_batch(&spec, micro, rows));
                     let failed = batch.is_err();
                     if sender.send(batch).is_err() || failed {
                         return;
