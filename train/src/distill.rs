@@ -5,7 +5,7 @@ use candle_core::Tensor;
 
 use crate::error::{Result, TrainError};
 use crate::grads::Gradients;
-use crate::loss::relation_loss;
+use crate::loss::relation_loss_parts;
 use crate::model::Student;
 use crate::optim::AdamW;
 use crate::rng::TrainRng;
@@ -45,8 +45,12 @@ pub struct MicroBatch<'a> {
 /// What one step did.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepReport {
-    /// Mean relation loss over the micro-batches (before the update).
+    /// Mean relation loss L = L_QK + L_VV over the micro-batches (before the update).
     pub loss: f64,
+    /// Its QK term.
+    pub loss_qk: f64,
+    /// Its VV term.
+    pub loss_vv: f64,
     /// Learning rate used.
     pub lr: f64,
     /// Global gradient norm before clipping.
@@ -64,13 +68,15 @@ impl Distiller {
         let lr = self.schedule.lr_at(self.step);
         let share = 1.0 / micro.len() as f64;
         let mut grads = Gradients::default();
-        let mut loss = 0.0;
+        let (mut loss_qk, mut loss_vv) = (0.0, 0.0);
         for batch in micro {
             let (qk, vv) = self
                 .student
                 .relation_logits(batch.pixels, Some(&mut self.rng))?;
-            let l = (relation_loss(&qk, &vv, batch.target_qk, batch.target_vv)? * share)?;
-            loss += l.to_scalar::<f32>()? as f64;
+            let (l_qk, l_vv) = relation_loss_parts(&qk, &vv, batch.target_qk, batch.target_vv)?;
+            loss_qk += l_qk.to_scalar::<f32>()? as f64 * share;
+            loss_vv += l_vv.to_scalar::<f32>()? as f64 * share;
+            let l = ((l_qk + l_vv)? * share)?;
             grads.accumulate(Gradients::collect(self.student.params(), &l.backward()?))?;
         }
         let grad_norm = match self.clip_grad {
@@ -80,7 +86,9 @@ impl Distiller {
         self.optimizer.step(&grads, lr)?;
         self.step += 1;
         Ok(StepReport {
-            loss,
+            loss: loss_qk + loss_vv,
+            loss_qk,
+            loss_vv,
             lr,
             grad_norm,
         })

@@ -29,7 +29,7 @@ pub use distill::{Distiller, MicroBatch, StepReport};
 pub use error::{Result, TrainError};
 pub use export::export_student;
 pub use grads::Gradients;
-pub use loss::relation_loss;
+pub use loss::{relation_loss, relation_loss_parts};
 pub use model::{HeadsQkv, Param, Student};
 pub use optim::{AdamW, AdamWConfig, Moments};
 pub use rng::{RngState, TrainRng};

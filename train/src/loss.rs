@@ -14,9 +14,21 @@ pub fn relation_loss(
     target_qk: &Tensor,
     target_vv: &Tensor,
 ) -> Result<Tensor> {
-    let qk = relation_kl(student_qk, target_qk, "QK")?;
-    let vv = relation_kl(student_vv, target_vv, "VV")?;
+    let (qk, vv) = relation_loss_parts(student_qk, student_vv, target_qk, target_vv)?;
     Ok((qk + vv)?)
+}
+
+/// The two terms of [`relation_loss`], `(L_QK, L_VV)`, as scalar tensors.
+pub fn relation_loss_parts(
+    student_qk: &Tensor,
+    student_vv: &Tensor,
+    target_qk: &Tensor,
+    target_vv: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    Ok((
+        relation_kl(student_qk, target_qk, "QK")?,
+        relation_kl(student_vv, target_vv, "VV")?,
+    ))
 }
 
 /// One relation's KL term, mean over `B·H·N` query rows.

@@ -21,10 +21,10 @@ pub struct StepMetrics {
     pub epoch: u64,
     /// Relation loss L_QK + L_VV, mean over the step's micro-batches.
     pub loss: f64,
-    /// The QK term (`null` when the step did not report it separately).
-    pub loss_qk: Option<f64>,
-    /// The VV term (`null` when the step did not report it separately).
-    pub loss_vv: Option<f64>,
+    /// The QK term L_QK.
+    pub loss_qk: f64,
+    /// The VV term L_VV.
+    pub loss_vv: f64,
     /// Learning rate of this step.
     pub lr: f64,
     /// Global gradient norm before clipping.

@@ -148,7 +148,13 @@ fn metrics_have_one_line_per_step_with_every_field() {
         }
         assert_eq!(line["step"], i as u64 + 1);
         assert_eq!(line["epoch"], (i / 3) as u64);
-        assert!(line["loss"].as_f64().unwrap() > 0.0);
+        let (loss, qk, vv) = (
+            line["loss"].as_f64().unwrap(),
+            line["loss_qk"].as_f64().unwrap(),
+            line["loss_vv"].as_f64().unwrap(),
+        );
+        assert!(loss > 0.0 && qk > 0.0 && vv > 0.0, "{line}");
+        assert!((loss - (qk + vv)).abs() <= 1e-6 * loss, "L = L_QK + L_VV: {line}");
     }
     // Cosine from the peak (no warm-up): the lr falls every step.
     let lrs: Vec<f64> = lines.iter().map(|l| l["lr"].as_f64().unwrap()).collect();
