@@ -79,6 +79,9 @@ pub struct Summary {
     pub encoding: Encoding,
     /// Shard of the source set, `i/n`.
     pub shard: String,
+    /// The source root (absolute) that image paths are relative to; `train` uses it when it is
+    /// given no `--images`.
+    pub source_root: String,
     /// Image files found under the source root.
     pub images_found: u64,
     /// Images of this shard whose views were extracted or already present.
@@ -220,6 +223,10 @@ pub fn extract(teacher: &mut Teacher, options: &ExtractOptions) -> Result<Summar
         provider: teacher.provider().name().to_string(),
         encoding: options.encoding,
         shard: options.shard.to_string(),
+        source_root: std::path::absolute(&options.images)
+            .unwrap_or_else(|_| options.images.clone())
+            .display()
+            .to_string(),
         images_found: 0,
         images_used: 0,
         images_other_shard: 0,

@@ -85,11 +85,10 @@ fn student_learns_from_a_store_extracted_by_the_real_teacher() {
 
     // A small student whose width the teacher's 6 heads divide, patch 16 at 256 px = 257 tokens.
     let run_dir = tmp.path().join("student");
+    // No --images: train finds the source root that extract recorded in the store.
     run(Command::new(binary("train"))
         .arg("--cache")
         .arg(&store)
-        .arg("--images")
-        .arg(&images)
         .args([
             "--student",
             "vit-tiny",
