@@ -42,7 +42,12 @@ impl Encoding {
 
     /// Shape of one row's target array (without the leading row axis).
     pub fn row_shape(self, g: &TeacherGeometry) -> Vec<u64> {
-        let (h, n, d, dim) = (g.heads as u64, g.tokens as u64, g.head_dim() as u64, g.dim as u64);
+        let (h, n, d, dim) = (
+            g.heads as u64,
+            g.tokens as u64,
+            g.head_dim() as u64,
+            g.dim as u64,
+        );
         match self {
             Encoding::Maps => vec![2, h, n, n],
             Encoding::Qkv => vec![3, h, n, d],

@@ -130,5 +130,11 @@ pub fn content_key(
     image: &Hash32,
     view: &View,
 ) -> Hash32 {
-    Hash32::of_bytes(&content_key_bytes(teacher, target_block, encoding, image, view))
+    Hash32::of_bytes(&content_key_bytes(
+        teacher,
+        target_block,
+        encoding,
+        image,
+        view,
+    ))
 }

@@ -23,11 +23,11 @@ pub mod view;
 
 pub use encoding::Encoding;
 pub use hash::{content_key, Hash32};
-pub use render::{render_view, Normalization, RenderError, SourceImage};
-pub use teacher::TeacherGeometry;
-pub use view::{sample_view, sample_views, View, ViewRecipe};
 pub use relation::{decode_maps, relation_maps, split_heads_qkv};
+pub use render::{render_view, Normalization, RenderError, SourceImage};
 pub use store::{
     ImageEntry, QkvParams, RelationStore, RowMeta, SegmentInfo, SegmentWriter, StoreError,
     StoreHeader, StoreReader, VerifyProblem, VerifyReport,
 };
+pub use teacher::TeacherGeometry;
+pub use view::{sample_view, sample_views, View, ViewRecipe};

@@ -33,7 +33,10 @@ fn arg(name: &str, default: usize) -> usize {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} takes a number")))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} takes a number"))
+        })
         .unwrap_or(default)
 }
 
@@ -67,7 +70,8 @@ fn main() {
         loop_fixture::write_images(&d, 10);
         d
     });
-    let teacher = loop_fixture::write_teacher(&dir.path().join("teacher"), &teacher_config, heads, 1);
+    let teacher =
+        loop_fixture::write_teacher(&dir.path().join("teacher"), &teacher_config, heads, 1);
     let store = dir.path().join("relations.zarr");
     let began = Instant::now();
     loop_fixture::write_store(&store, &images, &teacher, heads, views, 0);
@@ -118,7 +122,8 @@ fn main() {
     let c = train(&cache).unwrap();
     let o = train(&online).unwrap();
     let s = synthetic_steps_per_s(&student, heads, batch, steps);
-    let rate = |summary: &tinymim_train::run::RunSummary| summary.new_steps as f64 / summary.seconds;
+    let rate =
+        |summary: &tinymim_train::run::RunSummary| summary.new_steps as f64 / summary.seconds;
     println!("mode       steps/s   views/s   data wait   vs synthetic");
     for (name, steps_per_s, wait) in [
         ("cache", rate(&c), c.data_wait_s),
@@ -142,8 +147,12 @@ fn synthetic_steps_per_s(student: &VitConfig, heads: usize, batch: usize, steps:
     let s = student.image_size;
     let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &device).unwrap();
     let target = |seed: f64| {
-        let logits = (Tensor::randn(0f32, 1.0, (batch, heads, n, n), &device).unwrap() * seed).unwrap();
-        candle_nn::ops::softmax(&logits, D::Minus1).unwrap().to_dtype(DType::F32).unwrap()
+        let logits =
+            (Tensor::randn(0f32, 1.0, (batch, heads, n, n), &device).unwrap() * seed).unwrap();
+        candle_nn::ops::softmax(&logits, D::Minus1)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
     };
     let (qk, vv) = (target(1.0), target(2.0));
     let mut distiller = Distiller {

@@ -154,7 +154,10 @@ fn metrics_have_one_line_per_step_with_every_field() {
             line["loss_vv"].as_f64().unwrap(),
         );
         assert!(loss > 0.0 && qk > 0.0 && vv > 0.0, "{line}");
-        assert!((loss - (qk + vv)).abs() <= 1e-6 * loss, "L = L_QK + L_VV: {line}");
+        assert!(
+            (loss - (qk + vv)).abs() <= 1e-6 * loss,
+            "L = L_QK + L_VV: {line}"
+        );
     }
     // Cosine from the peak (no warm-up): the lr falls every step.
     let lrs: Vec<f64> = lines.iter().map(|l| l["lr"].as_f64().unwrap()).collect();
