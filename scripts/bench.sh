@@ -16,7 +16,7 @@ echo "== rendering: views/s per core (formats)"
 echo "== store: write, read, decode per encoding at ViT-L size (formats)"
 "$ex/store_bench" 48
 echo "== extraction vs the bare teacher, per encoding (extract)"
-"$ex/bench_extract" 4 8
+"$ex/bench_extract" 16 8
 echo "== teacher export: ViT-B/16 export time and views/s (extract teacher)"
 "$ex/bench_export" --batch 8 --iters 3
 echo "== training: cache vs online teacher vs synthetic targets (train)"
