@@ -149,27 +149,7 @@ fn a_run_stores_images_times_views_rows_and_a_rerun_writes_none() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("6 in 1 segments"));
 
     // verify: checksums and keys, then two rows recomputed with the teacher.
-    let out = extract_cmd()
-        .args([
-            "verify",
-            store.to_str().unwrap(),
-            "--images",
-            images.path().to_str().unwrap(),
-        ])
-        .args(["--teacher", common::dinov2_onnx().to_str().unwrap()])
-        .args([
-            "--config",
-            common::dinov2_config().to_str().unwrap(),
-            "--sample",
-            "2",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = verify_with_teacher(&store, images.path());
     let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         (outcome["rows"].as_u64(), outcome["recomputed"].as_u64()),
@@ -513,12 +493,17 @@ fn an_ln1_store_holds_the_qkv_weights_and_its_rows_recompute() {
     assert_eq!(maps.shape(), &[2, 6, 257, 257]);
     let sums = maps.sum_axis(ndarray::Axis(3));
     assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-3));
+    verify_with_teacher(&store, images.path());
+}
+
+/// `extract verify` with the DINOv2-S teacher recomputing two sampled rows: it must succeed.
+fn verify_with_teacher(store: &Path, images: &Path) -> Output {
     let out = extract_cmd()
         .args([
             "verify",
             store.to_str().unwrap(),
             "--images",
-            images.path().to_str().unwrap(),
+            images.to_str().unwrap(),
         ])
         .args(["--teacher", common::dinov2_onnx().to_str().unwrap()])
         .args([
@@ -534,4 +519,5 @@ fn an_ln1_store_holds_the_qkv_weights_and_its_rows_recompute() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
 }
