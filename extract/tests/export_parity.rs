@@ -57,8 +57,8 @@ fn extract_teacher(args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Exports `checkpoint` to `out` and insists that it worked.
-fn export_ok(checkpoint: &Path, out: &Path, extra: &[&str]) {
+/// `extract teacher --checkpoint CHECKPOINT --out OUT EXTRA…`.
+fn export(checkpoint: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "--checkpoint",
         checkpoint.to_str().unwrap(),
@@ -66,7 +66,12 @@ fn export_ok(checkpoint: &Path, out: &Path, extra: &[&str]) {
         out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let output = extract_teacher(&args);
+    extract_teacher(&args)
+}
+
+/// Exports `checkpoint` to `out` and insists that it worked.
+fn export_ok(checkpoint: &Path, out: &Path, extra: &[&str]) {
+    let output = export(checkpoint, out, extra);
     assert!(
         output.status.success(),
         "export failed: {}",
@@ -77,15 +82,7 @@ fn export_ok(checkpoint: &Path, out: &Path, extra: &[&str]) {
 /// Exports expecting failure; returns stderr, and checks that no output file was left behind.
 fn export_err(checkpoint: &Path, extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("teacher.onnx");
-    let mut args = vec![
-        "--checkpoint",
-        checkpoint.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let output = extract_teacher(&args);
+    let output = export(checkpoint, &dir.path().join("teacher.onnx"), extra);
     assert!(
         !output.status.success(),
         "export of a bad checkpoint succeeded"
