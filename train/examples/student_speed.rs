@@ -24,6 +24,7 @@ fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tinymim_train::heap::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let preset = args.first().map(String::as_str).unwrap_or("vit-tiny");
     let batch: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(8);

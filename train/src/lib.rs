@@ -12,6 +12,7 @@ pub mod distill;
 pub mod error;
 pub mod export;
 pub mod grads;
+pub mod heap;
 pub mod jitter;
 pub mod loss;
 pub mod metrics;

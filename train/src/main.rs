@@ -8,6 +8,7 @@ use cli::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
+    tinymim_train::heap::keep_freed_memory();
     if let Err(error) = run(cli) {
         eprintln!("error: {error:#}");
         std::process::exit(1);

@@ -5,14 +5,14 @@
 //! after it never run), relation heads = the teacher's heads and no drop path: that model's
 //! last-block q, k and v are exactly the teacher's target-block q, k and v.
 //!
-//! Limitation: the candle ViT has only the fixed 2-D sin-cos position embedding. A checkpoint
-//! whose `pos_embed` is something else (a learned embedding) is refused rather than silently
-//! replaced; MAE checkpoints store the same fixed sin-cos table and load.
+//! The checkpoint's `pos_embed` is used as stored: MAE's fixed sin-cos table or a learned one
+//! (timm's supervised ViTs, BEiT-style checkpoints converted to timm names). It must have the
+//! input size's token count: position embeddings are not interpolated.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use tinymim_formats::{Normalization, TeacherGeometry};
 
 use crate::config::VitConfig;
@@ -20,10 +20,6 @@ use crate::data::relation_maps;
 use crate::data::DataError;
 use crate::error::{Result, TrainError};
 use crate::model::{Student, POS_EMBED};
-
-/// Largest difference between a checkpoint's `pos_embed` and the fixed sin-cos table that is
-/// still taken as that table (MAE computes it in f64 and stores f32, as we do).
-const POS_EMBED_TOLERANCE: f32 = 1e-5;
 
 /// What the checkpoint cannot say about the teacher.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +46,7 @@ impl OnlineTeacher {
         let tensors = read_tensors(path, device)?;
         let origin = path.display().to_string();
         let config = infer_config(&tensors, options, path)?;
-        let model = Student::new(&config, options.heads, 0, device)?;
+        let mut model = Student::frozen(&config, options.heads, device)?;
         let wanted: HashMap<String, Tensor> = tensors
             .iter()
             .filter(|(name, _)| model.params().iter().any(|p| &p.name == *name))
@@ -58,7 +54,7 @@ impl OnlineTeacher {
             .collect();
         model.load_weights(&wanted, &origin)?;
         if let Some(pos) = tensors.get(POS_EMBED) {
-            check_pos_embed(pos, model.pos_embed(), path)?;
+            model.replace_pos_embed(pos, &origin)?;
         }
         let geometry = TeacherGeometry {
             arch: format!("vit-online-{}", config.dim),
@@ -175,30 +171,4 @@ fn infer_config(
     };
     config.validate(&origin)?;
     Ok(config)
-}
-
-/// Refuses a position embedding other than the fixed sin-cos table the model uses.
-fn check_pos_embed(stored: &Tensor, fixed: &Tensor, path: &Path) -> Result<()> {
-    let bad = |message: String| TrainError::Checkpoint {
-        path: path.to_path_buf(),
-        message,
-    };
-    if stored.dims() != fixed.dims() {
-        return Err(bad(format!(
-            "`pos_embed` has shape {:?}, the teacher's input size needs {:?}",
-            stored.dims(),
-            fixed.dims()
-        )));
-    }
-    let diff = (stored.to_dtype(DType::F32)?.to_device(fixed.device())? - fixed)?
-        .abs()?
-        .max_all()?
-        .to_scalar::<f32>()?;
-    if diff > POS_EMBED_TOLERANCE {
-        return Err(bad(format!(
-            "`pos_embed` is not the fixed 2-D sin-cos embedding (max difference {diff:.3e}); \
-             learned position embeddings are not supported by the online teacher"
-        )));
-    }
-    Ok(())
 }

@@ -181,7 +181,7 @@ pub fn load_exported(model: &Path, device: &Device) -> Result<Student> {
         image_size: c.image_size,
         drop_path: 0.0,
     };
-    let student = Student::new(&config, c.relation_heads, 0, device)?;
+    let student = Student::frozen(&config, c.relation_heads, device)?;
     let tensors = candle_core::safetensors::load(model, device)
         .map_err(|e| bad(model, format!("not a safetensors file: {e}")))?;
     student.load_weights(&tensors, &model.display().to_string())?;

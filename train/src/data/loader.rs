@@ -113,16 +113,20 @@ pub struct Loader {
 impl Loader {
     /// Starts the background thread. Its parallel work runs in a rayon pool of its own: in
     /// the global pool, a long image decode would hold up the step's parallel matmuls, which
-    /// candle runs there.
+    /// candle runs there. Its threads run at a lower scheduling priority than the step's, so
+    /// that where cores are few they fill the step's idle moments instead of preempting a
+    /// thread that a parallel matmul waits on.
     pub fn start(spec: LoaderSpec) -> Loader {
         let (sender, receiver) = sync_channel(spec.prefetch.max(1));
         let pool = rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("tinymim-loader-{i}"))
+            .start_handler(|_| defer_to_step())
             .build()
             .expect("the OS can start threads");
         let worker = std::thread::Builder::new()
             .name("tinymim-loader".to_string())
             .spawn(move || {
+                defer_to_step();
                 let mut order: Option<(u64, Vec<usize>)> = None;
                 for micro in spec.first..spec.first + spec.count {
                     let epoch = spec.plan.epoch_of(micro);
@@ -144,6 +148,22 @@ impl Loader {
         }
     }
 }
+
+/// Raises the calling thread's nice value by [`LOADER_NICENESS`] (Linux, where nice values
+/// are per thread); elsewhere, and where the OS refuses, the thread keeps its priority.
+fn defer_to_step() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: getpriority/setpriority on the calling thread (who = 0) only change its nice
+    // value; errors are reported through return values, which are ignored on purpose.
+    unsafe {
+        let current = libc::getpriority(libc::PRIO_PROCESS, 0);
+        libc::setpriority(libc::PRIO_PROCESS, 0, current + LOADER_NICENESS);
+    }
+}
+
+/// How much less CPU share a loader thread asks for than the step (nice units).
+#[cfg(target_os = "linux")]
+const LOADER_NICENESS: libc::c_int = 10;
 
 impl Iterator for Loader {
     type Item = Result<LoadedBatch>;

@@ -1,7 +1,7 @@
 //! Linear, LayerNorm and MLP built from primitive tensor ops, so every parameter keeps its
 //! gradient (candle's fused `layer_norm` ops lose them; see DEPENDENCIES.md).
 
-use candle_core::{Tensor, Var, D};
+use candle_core::{Tensor, D};
 
 use super::params::ParamBuilder;
 use crate::error::Result;
@@ -12,8 +12,8 @@ pub const LAYER_NORM_EPS: f64 = 1e-6;
 /// `y = x Wᵀ + b` on the last axis, W `[out, in]` as in PyTorch.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    weight: Var,
-    bias: Var,
+    weight: Tensor,
+    bias: Tensor,
 }
 
 impl Linear {
@@ -42,8 +42,8 @@ impl Linear {
 /// LayerNorm over the last axis with learned scale and shift, eps [`LAYER_NORM_EPS`].
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
-    weight: Var,
-    bias: Var,
+    weight: Tensor,
+    bias: Tensor,
 }
 
 impl LayerNorm {
@@ -97,8 +97,8 @@ impl Mlp {
 /// The patch embedding: a `patch`×`patch` stride-`patch` conv from 3 channels to D, with bias.
 #[derive(Clone, Debug)]
 pub struct PatchEmbed {
-    weight: Var,
-    bias: Var,
+    weight: Tensor,
+    bias: Tensor,
     patch: usize,
 }
 

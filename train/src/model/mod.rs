@@ -21,7 +21,7 @@ use crate::error::{expect_shape, Result, TrainError};
 use crate::rng::TrainRng;
 use block::{Block, BlockSpec};
 use layers::{LayerNorm, PatchEmbed};
-use params::ParamBuilder;
+use params::{ParamBuilder, Tracking};
 
 /// Name of the materialised position embedding in exports (not a parameter).
 pub const POS_EMBED: &str = "pos_embed";
@@ -42,7 +42,7 @@ pub struct Student {
     config: VitConfig,
     relation_heads: usize,
     patch_embed: PatchEmbed,
-    cls_token: candle_core::Var,
+    cls_token: Tensor,
     pos_embed: Tensor,
     blocks: Vec<Block>,
     norm: LayerNorm,
@@ -59,10 +59,27 @@ impl Student {
         seed: u64,
         device: &Device,
     ) -> Result<Student> {
+        Student::build(config, relation_heads, seed, device, Tracking::Gradients)
+    }
+
+    /// A model for inference only (an online teacher, a probed model): as [`Student::new`]
+    /// with seed 0, but its forward records no gradient graph, so intermediates are freed as
+    /// it goes. Load its weights with [`Student::load_weights`].
+    pub fn frozen(config: &VitConfig, relation_heads: usize, device: &Device) -> Result<Student> {
+        Student::build(config, relation_heads, 0, device, Tracking::Frozen)
+    }
+
+    fn build(
+        config: &VitConfig,
+        relation_heads: usize,
+        seed: u64,
+        device: &Device,
+        tracking: Tracking,
+    ) -> Result<Student> {
         config.validate("student")?;
         config.validate_relation_heads(relation_heads)?;
         let d = config.dim;
-        let mut pb = ParamBuilder::new(seed, device);
+        let mut pb = ParamBuilder::new(seed, device, tracking);
         let cls_token = pb.normal("cls_token", &[1, 1, d], 0.02)?;
         let patch_embed = PatchEmbed::new(&mut pb, d, config.patch)?;
         let blocks = (0..config.depth)
@@ -163,6 +180,22 @@ impl Student {
             let value = t.to_dtype(DType::F32)?.to_device(self.device())?.copy()?;
             p.var.set(&value)?;
         }
+        Ok(())
+    }
+
+    /// Replaces the fixed sin-cos position embedding by `pos_embed` `[1, N, D]` (any float
+    /// dtype, any device): for teachers trained with a learned one. A student's stays fixed
+    /// (TinyMIM), so its checkpoints never carry another.
+    pub fn replace_pos_embed(&mut self, pos_embed: &Tensor, origin: &str) -> Result<()> {
+        expect_shape(
+            &format!("{origin}: `{POS_EMBED}`"),
+            pos_embed,
+            self.pos_embed.dims(),
+        )?;
+        self.pos_embed = pos_embed
+            .to_dtype(DType::F32)?
+            .to_device(self.device())?
+            .detach();
         Ok(())
     }
 

@@ -17,19 +17,33 @@ pub struct Param {
     pub var: Var,
 }
 
-/// Creates parameters in construction order from one seeded stream and records them by name.
+/// Whether a model's forward records the graph that `backward` needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tracking {
+    /// Layers hold the variables themselves: a forward records its graph (training).
+    Gradients,
+    /// Layers hold detached views of the variables (same storage, so loading weights still
+    /// updates them): a forward records nothing and frees intermediates as it goes (a
+    /// teacher, a probe).
+    Frozen,
+}
+
+/// Creates parameters in construction order from one seeded stream and records them by name;
+/// hands the layers a tensor of each, tracked or not.
 pub(crate) struct ParamBuilder<'a> {
     rng: ChaCha8Rng,
     device: &'a Device,
+    tracking: Tracking,
     params: Vec<Param>,
 }
 
 impl<'a> ParamBuilder<'a> {
     /// A builder drawing every random initial value from `seed`.
-    pub fn new(seed: u64, device: &'a Device) -> Self {
+    pub fn new(seed: u64, device: &'a Device, tracking: Tracking) -> Self {
         ParamBuilder {
             rng: ChaCha8Rng::seed_from_u64(seed),
             device,
+            tracking,
             params: Vec::new(),
         }
     }
@@ -37,7 +51,7 @@ impl<'a> ParamBuilder<'a> {
     /// A weight of shape `shape`, xavier-uniform over its `(shape[0], rest)` matrix view:
     /// U(−a, a) with a = √(6 / (fan_in + fan_out)). For a conv kernel `[D, 3, p, p]` this is
     /// the `(D, 3·p·p)` view MAE initialises the patch embedding on.
-    pub fn xavier_uniform(&mut self, name: &str, shape: &[usize]) -> Result<Var> {
+    pub fn xavier_uniform(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let fan_out = shape[0];
         let fan_in: usize = shape[1..].iter().product();
         let a = (6.0 / (fan_in + fan_out) as f64).sqrt();
@@ -49,7 +63,7 @@ impl<'a> ParamBuilder<'a> {
     }
 
     /// A tensor of shape `shape` drawn from N(0, std²).
-    pub fn normal(&mut self, name: &str, shape: &[usize], std: f64) -> Result<Var> {
+    pub fn normal(&mut self, name: &str, shape: &[usize], std: f64) -> Result<Tensor> {
         let dist = Normal::new(0.0, std).expect("positive, finite std");
         let values = (0..shape.iter().product())
             .map(|_| dist.sample(&mut self.rng) as f32)
@@ -58,18 +72,22 @@ impl<'a> ParamBuilder<'a> {
     }
 
     /// A tensor filled with `value` (biases 0, LayerNorm weights 1).
-    pub fn constant(&mut self, name: &str, shape: &[usize], value: f64) -> Result<Var> {
+    pub fn constant(&mut self, name: &str, shape: &[usize], value: f64) -> Result<Tensor> {
         let t = (Tensor::ones(shape, DType::F32, self.device)? * value)?;
         self.push(name, t)
     }
 
-    fn push(&mut self, name: &str, tensor: Tensor) -> Result<Var> {
+    fn push(&mut self, name: &str, tensor: Tensor) -> Result<Tensor> {
         let var = Var::from_tensor(&tensor)?;
+        let held = match self.tracking {
+            Tracking::Gradients => var.as_tensor().clone(),
+            Tracking::Frozen => var.as_detached_tensor(),
+        };
         self.params.push(Param {
             name: name.to_string(),
-            var: var.clone(),
+            var,
         });
-        Ok(var)
+        Ok(held)
     }
 
     /// The parameters in construction order.
