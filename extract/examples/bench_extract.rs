@@ -9,6 +9,15 @@
 //!
 //! and prints views/s of each and their ratio as JSON lines, plus a table on stderr.
 //!
+//! It also measures what each encoding's float16 storage costs in fidelity: for a sample of
+//! stored rows it re-renders the row's view, runs the teacher on it and computes the exact
+//! f32 relation maps (`relation_maps`, TINYMIM.md), decodes the stored row to maps, and
+//! reports the mean over rows of KL(exact ‖ decoded) (each row's KL is the mean over its
+//! 2·H·N query rows of the sum over keys, as in the loss) and the largest absolute error of a
+//! probability. A decoded probability of exactly 0 (only `maps` stores them: values at or
+//! under 2⁻²⁵ round to 0 in float16) is counted as 2⁻²⁵, the largest value that rounds to 0;
+//! the share of such entries is reported beside it.
+//!
 //! ```text
 //! cargo run -p tinymim-extract --example bench_extract -- [VIEWS_PER_IMAGE] [BATCH] [THREADS]
 //! ```
@@ -16,14 +25,85 @@
 //! Defaults: 4 views of each of the 10 cached photos, batch 8, ONNX Runtime's default threads.
 //! Needs the asset cache (scripts/setup.sh).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use ndarray::{Array4, Axis};
 
 use tinymim_extract::pipeline::{extract, ExtractOptions};
 use tinymim_extract::source::{walk, Shard};
 use tinymim_extract::teacher::{Teacher, TeacherConfig, TeacherOptions};
 use tinymim_formats::view::sample_views;
-use tinymim_formats::{Encoding, SourceImage, ViewRecipe};
+use tinymim_formats::{relation_maps, Encoding, RelationStore, SourceImage, ViewRecipe};
+
+/// Stored rows whose fidelity is measured per encoding.
+const FIDELITY_ROWS: usize = 24;
+
+/// The largest value float16 rounds to 0 (half its smallest subnormal, 2⁻²⁴).
+const F16_ZERO: f64 = 1.0 / (1u64 << 25) as f64;
+
+/// How far decoded stored targets are from the teacher's exact maps, over sampled rows.
+struct Fidelity {
+    rows: usize,
+    mean_kl: f64,
+    max_abs: f64,
+    zero_share: f64,
+}
+
+/// Re-runs the teacher on `FIDELITY_ROWS` rows of the store at `store` (images under
+/// `photos`) and compares their exact maps with the decoded stored ones.
+fn fidelity(teacher: &mut Teacher, store: &Path, photos: &Path) -> anyhow::Result<Fidelity> {
+    let reader = RelationStore::open(store)?.reader()?;
+    let g = teacher.geometry();
+    let step = (reader.len() / FIDELITY_ROWS).max(1);
+    let rows: Vec<usize> = (0..reader.len())
+        .step_by(step)
+        .take(FIDELITY_ROWS)
+        .collect();
+    let mut pixels = vec![0.0; rows.len() * teacher.pixels_per_view()];
+    for (&i, out) in rows
+        .iter()
+        .zip(pixels.chunks_mut(teacher.pixels_per_view()))
+    {
+        let meta = reader.row(i);
+        let entry = reader
+            .image(&meta.image)
+            .expect("every row's image is recorded");
+        let (image, _) = SourceImage::open(&photos.join(&entry.path))?;
+        image.render(&meta.view, g.image_size, &g.normalization, out)?;
+    }
+    let exact = teacher.run(&pixels, rows.len())?;
+    let (mut kl_sum, mut max_abs, mut zeros, mut entries) = (0.0, 0.0f64, 0usize, 0usize);
+    for (b, &i) in rows.iter().enumerate() {
+        let at = |a: &Array4<f32>| a.index_axis(Axis(0), b).to_owned();
+        let truth = relation_maps(
+            at(&exact.q).view(),
+            at(&exact.k).view(),
+            at(&exact.v).view(),
+        );
+        let decoded = reader.maps(i)?;
+        let (mut row_kl, mut queries) = (0.0, 0usize);
+        for (p_row, q_row) in truth.rows().into_iter().zip(decoded.rows()) {
+            for (&p, &q) in p_row.iter().zip(q_row.iter()) {
+                let (p, q) = (f64::from(p), f64::from(q));
+                max_abs = max_abs.max((p - q).abs());
+                zeros += usize::from(q == 0.0);
+                if p > 0.0 {
+                    row_kl += p * (p / q.max(F16_ZERO)).ln();
+                }
+            }
+            queries += 1;
+            entries += p_row.len();
+        }
+        kl_sum += row_kl / queries as f64;
+    }
+    Ok(Fidelity {
+        rows: rows.len(),
+        mean_kl: kl_sum / rows.len() as f64,
+        max_abs,
+        zero_share: zeros as f64 / entries as f64,
+    })
+}
 
 fn cache() -> PathBuf {
     std::env::var_os("TINYMIM_CACHE")
@@ -74,8 +154,15 @@ fn main() -> anyhow::Result<()> {
         threads.map_or("default".to_string(), |t: usize| t.to_string())
     );
     eprintln!(
-        "{:<8} {:>14} {:>14} {:>7} {:>12}",
-        "encoding", "extract v/s", "teacher v/s", "ratio", "bytes/view"
+        "{:<8} {:>14} {:>14} {:>7} {:>12} {:>14} {:>10} {:>10}",
+        "encoding",
+        "extract v/s",
+        "teacher v/s",
+        "ratio",
+        "bytes/view",
+        "KL(exact‖dec)",
+        "max |err|",
+        "zeros"
     );
 
     for encoding in Encoding::ALL {
@@ -102,13 +189,17 @@ fn main() -> anyhow::Result<()> {
         let summary = extract(&mut teacher, &run)?;
         assert_eq!(summary.views_written as usize, total, "every view written");
         let ratio = summary.views_per_s / bare;
+        let fid = fidelity(&mut teacher, &run.out, &photos)?;
         eprintln!(
-            "{:<8} {:>14.2} {:>14.2} {:>7.3} {:>12.0}",
+            "{:<8} {:>14.2} {:>14.2} {:>7.3} {:>12.0} {:>14.3e} {:>10.2e} {:>9.3}%",
             encoding.name(),
             summary.views_per_s,
             bare,
             ratio,
-            summary.bytes_per_view.unwrap_or(0.0)
+            summary.bytes_per_view.unwrap_or(0.0),
+            fid.mean_kl,
+            fid.max_abs,
+            100.0 * fid.zero_share
         );
         println!(
             "{}",
@@ -122,6 +213,10 @@ fn main() -> anyhow::Result<()> {
                 "teacher_views_per_s": bare,
                 "ratio": ratio,
                 "bytes_per_view": summary.bytes_per_view,
+                "fidelity_rows": fid.rows,
+                "mean_kl_exact_decoded": fid.mean_kl,
+                "max_abs_error": fid.max_abs,
+                "decoded_zero_share": fid.zero_share,
             })
         );
     }
