@@ -143,24 +143,34 @@ pub struct RunSummary {
     pub views_per_s: f64,
     /// Seconds the loop waited for data.
     pub data_wait_s: f64,
-    /// Loss of the last step.
-    pub final_loss: f64,
+    /// Loss of the last step this invocation took; `None` when it took none (a resumed run
+    /// that was already complete).
+    pub final_loss: Option<f64>,
     /// The exported weights.
     pub weights: PathBuf,
 }
 
 impl std::fmt::Display for RunSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(loss) = self.final_loss else {
+            return write!(
+                f,
+                "nothing left to train: the checkpoint is already at step {} ({:.2} epochs); \
+                 wrote {}",
+                self.steps,
+                self.epochs,
+                self.weights.display()
+            );
+        };
         write!(
             f,
             "trained {} steps ({:.2} epochs) in {:.1} s, {:.1} views/s, {:.1} s waiting for data, \
-             final loss {:.4}; wrote {}",
+             final loss {loss:.4}; wrote {}",
             self.steps,
             self.epochs,
             self.seconds,
             self.views_per_s,
             self.data_wait_s,
-            self.final_loss,
             self.weights.display()
         )
     }
@@ -546,7 +556,7 @@ pub fn train_prepared(config: &RunConfig, prepared: &Prepared) -> Result<RunSumm
     let views_per_step = (config.batch * config.accum) as f64;
 
     let began = Instant::now();
-    let (mut total_wait, mut last_loss) = (0.0, f64::NAN);
+    let (mut total_wait, mut last_loss) = (0.0, None);
     let mut loader = loader;
     for _ in start..end {
         let step_began = Instant::now();
@@ -585,7 +595,7 @@ pub fn train_prepared(config: &RunConfig, prepared: &Prepared) -> Result<RunSumm
         log.write(&metrics).map_err(io(log.path()))?;
         progress.step(&metrics);
         total_wait += wait;
-        last_loss = report.loss;
+        last_loss = Some(report.loss);
         let every = config.checkpoint_every.unwrap_or(0);
         if every > 0 && distiller.step % every == 0 && distiller.step < end {
             Checkpoint::save(&checkpoint_path, &distiller, &state_json)?;

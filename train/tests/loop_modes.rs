@@ -104,6 +104,19 @@ fn resumed_run_continues_exactly() {
         a.iter().map(key).collect::<Vec<_>>(),
         b.iter().map(key).collect::<Vec<_>>()
     );
+    assert_eq!(resumed.final_loss, b.last().map(|m| m.loss));
+
+    // Resuming a run that is already complete takes no step and changes nothing.
+    let again = train(&split).unwrap();
+    assert_eq!(
+        (again.steps, again.new_steps, again.final_loss),
+        (4, 0, None)
+    );
+    assert!(
+        again.to_string().starts_with("nothing left to train"),
+        "{again}"
+    );
+    assert_eq!(weights(&whole.weights), weights(&again.weights));
 }
 
 #[test]
