@@ -1,6 +1,6 @@
 //! The relation loss: forward KL from the teacher's relation maps to the student's.
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 
 use crate::error::{Result, TrainError};
 
@@ -49,11 +49,6 @@ fn relation_kl(logits: &Tensor, target: &Tensor, relation: &str) -> Result<Tenso
         });
     }
     let rows = (dims[0] * dims[1] * dims[2]) as f64;
-    let target = target.detach();
-    let positive = target.gt(0.0)?;
-    // ln T where T > 0, and 0 elsewhere, so that 0·ln 0 counts as 0.
-    let log_target = positive.where_cond(&target.log()?, &target.zeros_like()?)?;
-    let log_student = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let kl = (target * (log_target - log_student)?)?;
+    let kl = crate::model::fused::kl_rows(logits, target)?;
     Ok((kl.sum_all()? / rows)?)
 }

@@ -6,11 +6,12 @@
 //! - `ln1`: q, k, v = X̂Wᵀ + b from the stored LN1 output and the store's qkv weight and bias,
 //!   then as `qkv`.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use half::f16;
 use tinymim_formats::{Encoding, QkvParams, StoreError, StoreHeader};
 
 use super::error::Result;
+use crate::model::fused::softmax_last_dim;
 use crate::model::HeadsQkv;
 
 /// Decodes a store's raw rows into relation maps on one device.
@@ -65,7 +66,7 @@ impl TargetDecoder {
     /// back to back.
     pub fn decode(&self, raw: &[f16]) -> Result<(Tensor, Tensor)> {
         let len = self.row_len();
-        if raw.is_empty() || raw.len() % len != 0 {
+        if raw.is_empty() || !raw.len().is_multiple_of(len) {
             return Err(StoreError::Length {
                 what: format!("a batch of `{}` target rows", self.encoding),
                 expected: len * (raw.len() / len).max(1),
@@ -114,7 +115,7 @@ impl TargetDecoder {
 pub fn relation_maps(heads: &HeadsQkv) -> Result<(Tensor, Tensor)> {
     let (qk, vv) = heads.relation_logits()?;
     Ok((
-        candle_nn::ops::softmax(&qk, D::Minus1)?.detach(),
-        candle_nn::ops::softmax(&vv, D::Minus1)?.detach(),
+        softmax_last_dim(&qk, 1.0)?.detach(),
+        softmax_last_dim(&vv, 1.0)?.detach(),
     ))
 }

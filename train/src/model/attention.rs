@@ -2,6 +2,7 @@
 
 use candle_core::{Tensor, D};
 
+use super::fused;
 use super::layers::Linear;
 use super::params::ParamBuilder;
 use crate::error::Result;
@@ -76,8 +77,7 @@ impl Attention {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, dim) = x.dims3()?;
         let heads = self.qkv(x)?;
-        let logits = (heads.q.matmul(&heads.k.t()?)? * heads.scale()?)?;
-        let attn = candle_nn::ops::softmax(&logits, D::Minus1)?;
+        let attn = fused::softmax_last_dim(&heads.q.matmul(&heads.k.t()?)?, heads.scale()?)?;
         let out = attn
             .matmul(&heads.v)?
             .transpose(1, 2)?

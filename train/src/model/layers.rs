@@ -1,8 +1,10 @@
-//! Linear, LayerNorm and MLP built from primitive tensor ops, so every parameter keeps its
-//! gradient (candle's fused `layer_norm` ops lose them; see DEPENDENCIES.md).
+//! Linear, LayerNorm and MLP built from primitive tensor ops and the fused kernels of
+//! [`super::fused`], so every parameter keeps its gradient (candle's fused `layer_norm` ops
+//! lose them; see DEPENDENCIES.md).
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 
+use super::fused;
 use super::params::ParamBuilder;
 use crate::error::Result;
 
@@ -57,11 +59,7 @@ impl LayerNorm {
 
     /// (x − mean) / √(var + eps) · weight + bias, with the biased variance as in PyTorch.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centred = x.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centred.broadcast_div(&(var + LAYER_NORM_EPS)?.sqrt()?)?;
-        Ok(normed
+        Ok(fused::layer_norm_normalise(x, LAYER_NORM_EPS)?
             .broadcast_mul(&self.weight)?
             .broadcast_add(&self.bias)?)
     }
@@ -90,7 +88,7 @@ impl Mlp {
 
     /// fc2(GELU(fc1(x))).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+        self.fc2.forward(&fused::gelu_erf(&self.fc1.forward(x)?)?)
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod attention;
 mod block;
+pub mod fused;
 mod layers;
 mod params;
 mod pos_embed;

@@ -1,0 +1,500 @@
+//! Fused CPU kernels for the row-wise operations of the student: softmax, log-softmax, the
+//! relation KL, LayerNorm's normalisation and the exact (erf) GELU.
+//!
+//! Built from candle's primitive ops, each of these costs several passes over memory and as
+//! many temporaries forward, and more backward (candle's `Mul` backward, for one, computes
+//! the gradient of both operands even when one is a constant). Here each is one
+//! [`CustomOp1`]/[`CustomOp2`] whose forward is one pass over each row and whose backward is
+//! another fused op of one pass, parallelised over rows on rayon's global pool as candle's
+//! own CPU kernels are. candle's fused `softmax_last_dim`/`layer_norm` cannot be used: they
+//! have no backward (DEPENDENCIES.md).
+//!
+//! Every public function here dispatches: the fused kernel for f32 tensors on the CPU, the
+//! composite candle ops (the reference path, and the one CUDA runs) otherwise. Results agree
+//! with the composite path up to float32 rounding (`train/tests/fused_ops.rs`).
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
+};
+use rayon::prelude::*;
+
+/// Fewest rows one rayon task handles: rows are short (≈ 200 values), so per-row tasks
+/// would cost more in scheduling than in arithmetic.
+const MIN_ROWS_PER_TASK: usize = 16;
+
+/// Whether `x` takes the fused path: f32 on the CPU.
+fn fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// The f32 values of a contiguous operand and its row width (last dimension).
+fn rows_of<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> Result<(&'a [f32], usize)> {
+    let data = s.as_slice::<f32>()?;
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or(candle_core::Error::RequiresContiguous { op })?;
+    Ok((&data[start..end], l.dims().last().copied().unwrap_or(1)))
+}
+
+/// A new `len`-value buffer whose rows of `width` values are filled by `f(row index, row)`,
+/// in parallel.
+fn par_rows(len: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+    let mut out = vec![0f32; len];
+    if width > 0 {
+        out.par_chunks_mut(width)
+            .enumerate()
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .for_each(|(r, row)| f(r, row));
+    }
+    out
+}
+
+/// `(max, ln Σ exp(x − max))` of a row: its log-sum-exp is their sum, computed stably.
+fn max_and_log_sum_exp(x: &[f32]) -> (f32, f32) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = x.iter().map(|&v| (v - max).exp()).sum();
+    (max, sum.ln())
+}
+
+/// `Σ a·b` of two rows.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Softmax
+
+/// `softmax(scale · x)` over the last axis. The scale (attention's d^-½) is folded in so that
+/// the scaled logits are never materialised.
+///
+/// Forward, per row: `s = scale·x`, `y = exp(s − max s) / Σ exp(s − max s)`.
+/// Backward: `∂L/∂x = scale · y ⊙ (g − Σ g·y)` (the softmax Jacobian is `diag(y) − y yᵀ`).
+pub fn softmax_last_dim(x: &Tensor, scale: f64) -> Result<Tensor> {
+    if !fused(x) {
+        let x = if scale == 1.0 {
+            x.clone()
+        } else {
+            (x * scale)?
+        };
+        return candle_nn::ops::softmax(&x, D::Minus1);
+    }
+    x.contiguous()?.apply_op1(Softmax {
+        scale: scale as f32,
+    })
+}
+
+struct Softmax {
+    scale: f32,
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "fused-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, d) = rows_of(s, l, self.name())?;
+        let out = par_rows(x.len(), d, |r, y| {
+            let x = &x[r * d..(r + 1) * d];
+            let mut max = f32::NEG_INFINITY;
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = x * self.scale;
+                max = max.max(*y);
+            }
+            let mut sum = 0f32;
+            for y in y.iter_mut() {
+                *y = (*y - max).exp();
+                sum += *y;
+            }
+            for y in y.iter_mut() {
+                *y /= sum;
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let g = g.contiguous()?;
+        Ok(Some(
+            y.apply_op2_no_bwd(&g, &SoftmaxBwd { scale: self.scale })?,
+        ))
+    }
+}
+
+/// `(y, g) ↦ scale · y ⊙ (g − Σ g·y)`, rows of the last axis.
+struct SoftmaxBwd {
+    scale: f32,
+}
+
+impl CustomOp2 for SoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "fused-softmax-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (y, d) = rows_of(s1, l1, self.name())?;
+        let (g, _) = rows_of(s2, l2, self.name())?;
+        let out = par_rows(y.len(), d, |r, dx| {
+            let (y, g) = (&y[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
+            let gy = dot(g, y);
+            for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+                *dx = self.scale * (y * (g - gy));
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Log-softmax
+
+/// `log_softmax(x)` over the last axis.
+///
+/// Forward, per row: `y = (x − max x) − ln Σ exp(x − max x)` (stable for any logits).
+/// Backward: `∂L/∂x = g − softmax(x) · Σ g`, with `softmax(x) = exp(y)`.
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if !fused(x) {
+        return candle_nn::ops::log_softmax(x, D::Minus1);
+    }
+    x.contiguous()?.apply_op1(LogSoftmax)
+}
+
+struct LogSoftmax;
+
+impl CustomOp1 for LogSoftmax {
+    fn name(&self) -> &'static str {
+        "fused-log-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, d) = rows_of(s, l, self.name())?;
+        let out = par_rows(x.len(), d, |r, y| {
+            let x = &x[r * d..(r + 1) * d];
+            let (max, lse) = max_and_log_sum_exp(x);
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = (x - max) - lse;
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let g = g.contiguous()?;
+        Ok(Some(y.apply_op2_no_bwd(&g, &LogSoftmaxBwd)?))
+    }
+}
+
+/// `(y, g) ↦ g − exp(y) · Σ g`, rows of the last axis.
+struct LogSoftmaxBwd;
+
+impl CustomOp2 for LogSoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "fused-log-softmax-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (y, d) = rows_of(s1, l1, self.name())?;
+        let (g, _) = rows_of(s2, l2, self.name())?;
+        let out = par_rows(y.len(), d, |r, dx| {
+            let (y, g) = (&y[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
+            let sum: f32 = g.iter().sum();
+            for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+                *dx = g - y.exp() * sum;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Relation KL
+
+/// The forward KL of each row, `Σ_j T_j · (ln T_j − log_softmax(S)_j)` over the last axis,
+/// with `0 · ln 0 = 0`: logits `S` and target distributions `T` of the same shape give the
+/// per-row divergences, shape `S.dims()[..-1]`. The target carries no gradient.
+///
+/// Backward: `∂L/∂S_j = g · (softmax(S)_j · Σ T − T_j)` (`Σ T = 1` for a distribution, but the
+/// formula holds for any non-negative T). The backward recomputes the softmax from `S`, so
+/// no `[.., N]`-sized intermediate is kept between forward and backward.
+pub fn kl_rows(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let target = target.detach();
+    if !(fused(logits) && fused(&target)) {
+        let positive = target.gt(0.0)?;
+        // ln T where T > 0, and 0 elsewhere, so that 0·ln 0 counts as 0.
+        let log_target = positive.where_cond(&target.log()?, &target.zeros_like()?)?;
+        let log_student = log_softmax_last_dim(logits)?;
+        return (target * (log_target - log_student)?)?.sum(D::Minus1);
+    }
+    logits
+        .contiguous()?
+        .apply_op2(&target.contiguous()?, KlRows)
+}
+
+struct KlRows;
+
+impl CustomOp2 for KlRows {
+    fn name(&self) -> &'static str {
+        "fused-kl-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            return Err(candle_core::Error::ShapeMismatchBinaryOp {
+                lhs: l1.shape().clone(),
+                rhs: l2.shape().clone(),
+                op: self.name(),
+            });
+        }
+        let (s, d) = rows_of(s1, l1, self.name())?;
+        let (t, _) = rows_of(s2, l2, self.name())?;
+        let rows = s.len().checked_div(d).unwrap_or(0);
+        let out = par_rows(rows, 1, |r, kl| {
+            let (s, t) = (&s[r * d..(r + 1) * d], &t[r * d..(r + 1) * d]);
+            let (max, lse) = max_and_log_sum_exp(s);
+            kl[0] = s
+                .iter()
+                .zip(t)
+                .filter(|(_, &t)| t > 0.0)
+                .map(|(&s, &t)| t * (t.ln() - ((s - max) - lse)))
+                .sum();
+        });
+        let mut dims = l1.dims().to_vec();
+        dims.pop();
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        s: &Tensor,
+        t: &Tensor,
+        _kl: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        Ok((Some(s.apply_op3_no_bwd(t, &g, &KlRowsBwd)?), None))
+    }
+}
+
+/// `(S, T, g) ↦ g · (softmax(S) · Σ T − T)` per row of the last axis, one `g` per row.
+struct KlRowsBwd;
+
+impl CustomOp3 for KlRowsBwd {
+    fn name(&self) -> &'static str {
+        "fused-kl-rows-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (s, d) = rows_of(s1, l1, self.name())?;
+        let (t, _) = rows_of(s2, l2, self.name())?;
+        let (g, _) = rows_of(s3, l3, self.name())?;
+        let out = par_rows(s.len(), d, |r, ds| {
+            let (s, t) = (&s[r * d..(r + 1) * d], &t[r * d..(r + 1) * d]);
+            let (max, lse) = max_and_log_sum_exp(s);
+            let mass: f32 = t.iter().sum();
+            for ((ds, &s), &t) in ds.iter_mut().zip(s).zip(t) {
+                *ds = g[r] * ((s - max - lse).exp() * mass - t);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm
+
+/// LayerNorm's normalisation `x̂ = (x − μ) / √(σ² + eps)` over the last axis, with the
+/// biased variance `σ² = mean((x − μ)²)` as in PyTorch; the learned scale and shift stay
+/// ordinary broadcast ops on the result.
+///
+/// Backward, with `r = 1/√(σ² + eps)` and means over the row:
+/// `∂L/∂x = r · (g − mean(g) − x̂ · mean(g · x̂))`. It recomputes μ and r from x.
+pub fn layer_norm_normalise(x: &Tensor, eps: f64) -> Result<Tensor> {
+    if !fused(x) {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        return centred.broadcast_div(&(var + eps)?.sqrt()?);
+    }
+    x.contiguous()?.apply_op1(Normalise { eps: eps as f32 })
+}
+
+struct Normalise {
+    eps: f32,
+}
+
+/// `(x − μ, √(σ² + eps))` of a row; `centred` receives `x − μ`.
+fn centre(x: &[f32], eps: f32, centred: &mut [f32]) -> f32 {
+    let inv_d = (1.0 / x.len() as f64) as f32;
+    let mean = x.iter().sum::<f32>() * inv_d;
+    let mut sq = 0f32;
+    for (c, &x) in centred.iter_mut().zip(x) {
+        *c = x - mean;
+        sq += *c * *c;
+    }
+    (sq * inv_d + eps).sqrt()
+}
+
+impl CustomOp1 for Normalise {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, d) = rows_of(s, l, self.name())?;
+        let out = par_rows(x.len(), d, |r, y| {
+            let std = centre(&x[r * d..(r + 1) * d], self.eps, y);
+            for y in y.iter_mut() {
+                *y /= std;
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let g = g.contiguous()?;
+        Ok(Some(
+            x.apply_op2_no_bwd(&g, &NormaliseBwd { eps: self.eps })?,
+        ))
+    }
+}
+
+/// `(x, g) ↦ r · (g − mean(g) − x̂ · mean(g · x̂))`, rows of the last axis.
+struct NormaliseBwd {
+    eps: f32,
+}
+
+impl CustomOp2 for NormaliseBwd {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, d) = rows_of(s1, l1, self.name())?;
+        let (g, _) = rows_of(s2, l2, self.name())?;
+        let out = par_rows(x.len(), d, |r, dx| {
+            let g = &g[r * d..(r + 1) * d];
+            // dx holds x̂ until the last loop overwrites it.
+            let std = centre(&x[r * d..(r + 1) * d], self.eps, dx);
+            let inv_d = 1.0 / d as f32;
+            let mut g_sum = 0f32;
+            let mut gx_sum = 0f32;
+            for (xh, &g) in dx.iter_mut().zip(g) {
+                *xh /= std;
+                g_sum += g;
+                gx_sum += g * *xh;
+            }
+            let (g_mean, gx_mean) = (g_sum * inv_d, gx_sum * inv_d);
+            for (dx, &g) in dx.iter_mut().zip(g) {
+                *dx = (g - g_mean - *dx * gx_mean) / std;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GELU
+
+/// The exact GELU, `x · Φ(x) = ½ x (1 + erf(x/√2))`, elementwise.
+///
+/// Backward: `∂L/∂x = g · (Φ(x) + x φ(x))` with `φ(x) = exp(−x²/2)/√(2π)`, in one pass.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if !fused(x) {
+        return x.gelu_erf();
+    }
+    x.contiguous()?.apply_op1(Gelu)
+}
+
+struct Gelu;
+
+/// Values per rayon task of the elementwise GELU kernels.
+const GELU_CHUNK: usize = 4096;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "fused-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, _) = rows_of(s, l, self.name())?;
+        let out = par_rows(x.len(), GELU_CHUNK, |c, y| {
+            let x = &x[c * GELU_CHUNK..c * GELU_CHUNK + y.len()];
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = (candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2) + 1.)
+                    * 0.5
+                    * x;
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let g = g.contiguous()?;
+        Ok(Some(x.apply_op2_no_bwd(&g, &GeluBwd)?))
+    }
+}
+
+/// `(x, g) ↦ g · (Φ(x) + x φ(x))`, elementwise.
+struct GeluBwd;
+
+impl CustomOp2 for GeluBwd {
+    fn name(&self) -> &'static str {
+        "fused-gelu-erf-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, _) = rows_of(s1, l1, self.name())?;
+        let (g, _) = rows_of(s2, l2, self.name())?;
+        // 1/√(2π)
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
+        let out = par_rows(x.len(), GELU_CHUNK, |c, dx| {
+            let start = c * GELU_CHUNK;
+            let (x, g) = (&x[start..start + dx.len()], &g[start..start + dx.len()]);
+            for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                let cdf =
+                    0.5 + 0.5 * candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2);
+                let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
+                *dx = g * (cdf + x * pdf);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}

@@ -1,0 +1,260 @@
+//! The fused CPU kernels of `model::fused` against the composite candle path, forward and
+//! gradient. The fused path runs for f32 on the CPU; the same function on f64 input takes the
+//! composite path, which here serves as a float64 reference. Inputs include non-contiguous
+//! views and rows of large logits (±1e4) for stability.
+//!
+//! Relative error is measured per tensor as max|fused − reference| / max|reference|.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor, Var};
+use common::{max_rel_err, randn, rng};
+use rand::Rng;
+use tinymim_train::model::fused;
+
+const TOLERANCE: f64 = 1e-5;
+
+/// Outputs and input gradients of `f` on `x` (any dtype): the gradient of Σ f(x)·w for a
+/// fixed random `w`, so that every output element matters. With `transpose`, `f` sees the
+/// non-contiguous transpose of the last two axes of `x`.
+fn run(
+    f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    x: &Tensor,
+    w: &Tensor,
+    transpose: bool,
+) -> (Tensor, Tensor) {
+    let var = Var::from_tensor(x).unwrap();
+    let input = if transpose {
+        let view = var.as_tensor().t().unwrap();
+        assert!(!view.is_contiguous());
+        view
+    } else {
+        var.as_tensor().clone()
+    };
+    let y = f(&input).unwrap();
+    let loss = (&y * w.to_dtype(x.dtype()).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let grads = loss.backward().unwrap();
+    let grad = grads.get(&var).expect("the input gets a gradient").clone();
+    (y, grad)
+}
+
+/// Checks the fused (f32) output and gradient of `f` against the f64 composite path.
+fn check(
+    what: &str,
+    f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    x: &Tensor,
+    transpose: bool,
+) {
+    // A seed no input uses: w ∝ x would make LayerNorm's gradient vanish.
+    let mut r = rng(1000);
+    let out_shape = f(&if transpose { x.t().unwrap() } else { x.clone() })
+        .unwrap()
+        .dims()
+        .to_vec();
+    let w = randn(&out_shape, &mut r);
+    let (y32, g32) = run(f, x, &w, transpose);
+    let (y64, g64) = run(f, &x.to_dtype(DType::F64).unwrap(), &w, transpose);
+    assert_eq!(y32.dtype(), DType::F32);
+    let to32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    for (part, a, b) in [("output", &y32, &y64), ("gradient", &g32, &g64)] {
+        let values: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(
+            values.iter().all(|v| v.is_finite()),
+            "{what}: non-finite {part}"
+        );
+        let err = max_rel_err(a, &to32(b));
+        assert!(err < TOLERANCE, "{what}: {part} relative error {err:e}");
+    }
+    let g: Vec<f32> = g32.flatten_all().unwrap().to_vec1().unwrap();
+    assert!(
+        g.iter().any(|&v| v != 0.0),
+        "{what}: the gradient is not all zero"
+    );
+}
+
+/// Rows of large values: each row an offset uniform in (−1e4, 1e4) plus a spread of a few
+/// units, so that naive exponentials overflow but the gradients are not all zero.
+fn large(shape: &[usize], seed: u64) -> Tensor {
+    let mut r = rng(seed);
+    let d = *shape.last().unwrap();
+    let n: usize = shape.iter().product();
+    let mut values = Vec::with_capacity(n);
+    for _ in 0..n / d {
+        let offset = r.random_range(-1e4f32..1e4);
+        values.extend((0..d).map(|_| offset + r.random_range(-4f32..4.0)));
+    }
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}
+
+fn normal(shape: &[usize], seed: u64, scale: f64) -> Tensor {
+    (randn(shape, &mut rng(seed)) * scale).unwrap()
+}
+
+#[test]
+fn softmax_matches_composite() {
+    let f = |x: &Tensor| fused::softmax_last_dim(x, 0.125);
+    check("softmax", &f, &normal(&[2, 3, 17, 17], 1, 4.0), false);
+    check(
+        "softmax (transposed)",
+        &f,
+        &normal(&[2, 3, 17, 17], 2, 4.0),
+        true,
+    );
+    let f = |x: &Tensor| fused::softmax_last_dim(x, 1.0);
+    check("softmax (large logits)", &f, &large(&[4, 9, 33], 3), false);
+}
+
+#[test]
+fn log_softmax_matches_composite() {
+    let f = |x: &Tensor| fused::log_softmax_last_dim(x);
+    check("log_softmax", &f, &normal(&[2, 3, 17, 17], 4, 4.0), false);
+    check(
+        "log_softmax (transposed)",
+        &f,
+        &normal(&[3, 5, 21], 5, 4.0),
+        true,
+    );
+    check(
+        "log_softmax (large logits)",
+        &f,
+        &large(&[4, 9, 33], 6),
+        false,
+    );
+}
+
+#[test]
+fn layer_norm_matches_composite() {
+    let eps = tinymim_train::model::LAYER_NORM_EPS;
+    let f = |x: &Tensor| fused::layer_norm_normalise(x, eps);
+    // An offset mean, as in real activations.
+    let x = (normal(&[2, 7, 48], 7, 3.0) + 5.0).unwrap();
+    check("layer norm", &f, &x, false);
+    check(
+        "layer norm (transposed)",
+        &f,
+        &normal(&[2, 48, 7], 8, 3.0),
+        true,
+    );
+    // Large values (a large common offset loses the spread to f32 rounding in any order of
+    // summation, so the composite f32 path is no better there).
+    check(
+        "layer norm (large)",
+        &f,
+        &normal(&[4, 9, 64], 9, 1e4),
+        false,
+    );
+}
+
+#[test]
+fn gelu_matches_composite() {
+    let f = |x: &Tensor| fused::gelu_erf(x);
+    // More values than one task of the elementwise kernel, and not a multiple of it.
+    check("gelu", &f, &normal(&[3, 71, 300], 10, 3.0), false);
+    check(
+        "gelu (transposed)",
+        &f,
+        &normal(&[2, 30, 11], 11, 3.0),
+        true,
+    );
+    check("gelu (large)", &f, &large(&[4, 9, 33], 12), false);
+}
+
+/// Target distributions with exact zeros: every row has some, some rows are one-hot.
+fn sparse_targets(shape: &[usize], seed: u64) -> Tensor {
+    let mut r = rng(seed);
+    let d = *shape.last().unwrap();
+    let rows: usize = shape.iter().product::<usize>() / d;
+    let mut values = Vec::with_capacity(rows * d);
+    for row in 0..rows {
+        let mut p: Vec<f32> = (0..d)
+            .map(|j| {
+                let zero = if row % 3 == 0 {
+                    j != row % d
+                } else {
+                    j % 4 == 1
+                };
+                if zero {
+                    0.0
+                } else {
+                    r.random_range(0.01f32..1.0)
+                }
+            })
+            .collect();
+        let sum: f32 = p.iter().sum();
+        p.iter_mut().for_each(|v| *v /= sum);
+        values.extend(p);
+    }
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn kl_rows_matches_composite() {
+    let shape = [2, 3, 13, 13];
+    let dense = candle_nn::ops::softmax_last_dim(&normal(&shape, 13, 2.0)).unwrap();
+    for (what, target, logits, transpose) in [
+        ("kl", dense.clone(), normal(&shape, 14, 3.0), false),
+        ("kl (transposed)", dense, normal(&shape, 15, 3.0), true),
+        (
+            "kl (zeros)",
+            sparse_targets(&shape, 16),
+            normal(&shape, 17, 3.0),
+            false,
+        ),
+        (
+            "kl (large logits)",
+            sparse_targets(&shape, 18),
+            large(&shape, 19),
+            false,
+        ),
+    ] {
+        let f = move |s: &Tensor| {
+            let t = target.to_dtype(s.dtype())?;
+            fused::kl_rows(s, &t)
+        };
+        check(what, &f, &logits, transpose);
+    }
+}
+
+#[test]
+fn kl_rows_of_a_distribution_against_itself_is_zero_even_with_zeros() {
+    let t = sparse_targets(&[2, 5, 9], 20);
+    let logits = t.clamp(1e-30, 1.0).unwrap().log().unwrap();
+    let logits = t
+        .gt(0.0)
+        .unwrap()
+        .where_cond(&logits, &(t.zeros_like().unwrap() - 1e4).unwrap());
+    let kl: Vec<f32> = fused::kl_rows(&logits.unwrap(), &t)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(kl.iter().all(|v| v.abs() < 1e-5), "{kl:?}");
+}
+
+#[test]
+fn fused_forward_keeps_the_shape_and_needs_no_gradient() {
+    let x = normal(&[3, 4, 5], 21, 1.0);
+    for y in [
+        fused::softmax_last_dim(&x, 0.5).unwrap(),
+        fused::log_softmax_last_dim(&x).unwrap(),
+        fused::layer_norm_normalise(&x, 1e-6).unwrap(),
+        fused::gelu_erf(&x).unwrap(),
+    ] {
+        assert_eq!(y.dims(), x.dims());
+    }
+    let t = candle_nn::ops::softmax_last_dim(&x).unwrap();
+    assert_eq!(fused::kl_rows(&x, &t).unwrap().dims(), &[3, 4]);
+    let rows: Vec<Vec<f32>> = fused::softmax_last_dim(&x, 0.5)
+        .unwrap()
+        .sum(2)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    for v in rows.iter().flatten() {
+        assert!((v - 1.0).abs() < 1e-6, "softmax rows sum to 1");
+    }
+}
