@@ -14,64 +14,85 @@ use tinymim_train::model::fused;
 
 const TOLERANCE: f64 = 1e-5;
 
-/// Outputs and input gradients of `f` on `x` (any dtype): the gradient of Σ f(x)·w for a
-/// fixed random `w`, so that every output element matters. With `transpose`, `f` sees the
-/// non-contiguous transpose of the last two axes of `x`.
-fn run(
-    f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
-    x: &Tensor,
-    w: &Tensor,
-    transpose: bool,
-) -> (Tensor, Tensor) {
-    let var = Var::from_tensor(x).unwrap();
-    let input = if transpose {
-        let view = var.as_tensor().t().unwrap();
-        assert!(!view.is_contiguous());
-        view
-    } else {
-        var.as_tensor().clone()
-    };
-    let y = f(&input).unwrap();
-    let loss = (&y * w.to_dtype(x.dtype()).unwrap())
+type Op<'a> = &'a dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>;
+
+/// The output of `f` on `inputs` (any one dtype) and the gradients of every input: the
+/// gradient of Σ f(inputs)·w for a fixed random `w`, so that every output element matters.
+/// With `transpose`, `f` sees the non-contiguous transpose of the last two axes of the first
+/// input.
+fn run(f: Op, inputs: &[Tensor], w: &Tensor, transpose: bool) -> (Tensor, Vec<Tensor>) {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|x| Var::from_tensor(x).unwrap())
+        .collect();
+    let mut args: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    if transpose {
+        args[0] = args[0].t().unwrap();
+        assert!(!args[0].is_contiguous());
+    }
+    let y = f(&args).unwrap();
+    let loss = (&y * w.to_dtype(y.dtype()).unwrap())
         .unwrap()
         .sum_all()
         .unwrap();
     let grads = loss.backward().unwrap();
-    let grad = grads.get(&var).expect("the input gets a gradient").clone();
-    (y, grad)
+    let grads = vars
+        .iter()
+        .map(|v| grads.get(v).expect("every input gets a gradient").clone())
+        .collect();
+    (y, grads)
 }
 
-/// Checks the fused (f32) output and gradient of `f` against the f64 composite path.
+/// Checks the fused (f32) output and input gradients of `f` against the f64 composite path.
+fn check_all(what: &str, f: Op, inputs: &[Tensor], transpose: bool) {
+    let mut args = inputs.to_vec();
+    if transpose {
+        args[0] = args[0].t().unwrap();
+    }
+    let out_shape = f(&args).unwrap().dims().to_vec();
+    // A seed no input uses: w ∝ x would make LayerNorm's gradient vanish.
+    let w = randn(&out_shape, &mut rng(1000));
+    let (y32, g32) = run(f, inputs, &w, transpose);
+    let inputs64: Vec<Tensor> = inputs
+        .iter()
+        .map(|x| x.to_dtype(DType::F64).unwrap())
+        .collect();
+    let (y64, g64) = run(f, &inputs64, &w, transpose);
+    assert_eq!(y32.dtype(), DType::F32);
+    let mut pairs = vec![("output".to_string(), &y32, &y64)];
+    for (i, (a, b)) in g32.iter().zip(&g64).enumerate() {
+        pairs.push((format!("gradient of input {i}"), a, b));
+    }
+    for (part, a, b) in pairs {
+        let values: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(
+            values.iter().all(|v| v.is_finite()),
+            "{what}: non-finite {part}"
+        );
+        let err = max_rel_err(a, &b.to_dtype(DType::F32).unwrap());
+        assert!(err < TOLERANCE, "{what}: {part} relative error {err:e}");
+    }
+    for (i, g) in g32.iter().enumerate() {
+        let g: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(
+            g.iter().any(|&v| v != 0.0),
+            "{what}: the gradient of input {i} is not all zero"
+        );
+    }
+}
+
+/// [`check_all`] for an op of one input.
 fn check(
     what: &str,
     f: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
     x: &Tensor,
     transpose: bool,
 ) {
-    // A seed no input uses: w ∝ x would make LayerNorm's gradient vanish.
-    let mut r = rng(1000);
-    let out_shape = f(&if transpose { x.t().unwrap() } else { x.clone() })
-        .unwrap()
-        .dims()
-        .to_vec();
-    let w = randn(&out_shape, &mut r);
-    let (y32, g32) = run(f, x, &w, transpose);
-    let (y64, g64) = run(f, &x.to_dtype(DType::F64).unwrap(), &w, transpose);
-    assert_eq!(y32.dtype(), DType::F32);
-    let to32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
-    for (part, a, b) in [("output", &y32, &y64), ("gradient", &g32, &g64)] {
-        let values: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
-        assert!(
-            values.iter().all(|v| v.is_finite()),
-            "{what}: non-finite {part}"
-        );
-        let err = max_rel_err(a, &to32(b));
-        assert!(err < TOLERANCE, "{what}: {part} relative error {err:e}");
-    }
-    let g: Vec<f32> = g32.flatten_all().unwrap().to_vec1().unwrap();
-    assert!(
-        g.iter().any(|&v| v != 0.0),
-        "{what}: the gradient is not all zero"
+    check_all(
+        what,
+        &|args: &[Tensor]| f(&args[0]),
+        &[x.clone()],
+        transpose,
     );
 }
 
@@ -128,24 +149,33 @@ fn log_softmax_matches_composite() {
 #[test]
 fn layer_norm_matches_composite() {
     let eps = tinymim_train::model::LAYER_NORM_EPS;
-    let f = |x: &Tensor| fused::layer_norm_normalise(x, eps);
+    let f = |args: &[Tensor]| fused::layer_norm(&args[0], &args[1], &args[2], eps);
+    let params = |d: usize, seed: u64| {
+        let w = (normal(&[d], seed, 0.5) + 1.0).unwrap();
+        [w, normal(&[d], seed + 1, 0.5)]
+    };
     // An offset mean, as in real activations.
     let x = (normal(&[2, 7, 48], 7, 3.0) + 5.0).unwrap();
-    check("layer norm", &f, &x, false);
-    check(
-        "layer norm (transposed)",
-        &f,
-        &normal(&[2, 48, 7], 8, 3.0),
-        true,
-    );
+    let [w, b] = params(48, 30);
+    check_all("layer norm", &f, &[x, w, b], false);
+    let [w, b] = params(48, 32);
+    let x = normal(&[2, 48, 7], 8, 3.0);
+    check_all("layer norm (transposed)", &f, &[x, w, b], true);
     // Large values (a large common offset loses the spread to f32 rounding in any order of
-    // summation, so the composite f32 path is no better there).
-    check(
-        "layer norm (large)",
-        &f,
-        &normal(&[4, 9, 64], 9, 1e4),
-        false,
-    );
+    // summation, so the composite f32 path is no better there). 150 rows: several partial
+    // sums of the parameter gradients.
+    let [w, b] = params(64, 34);
+    let x = normal(&[2, 75, 64], 9, 1e4);
+    check_all("layer norm (large)", &f, &[x, w, b], false);
+}
+
+#[test]
+fn add_bias_matches_composite() {
+    let f = |args: &[Tensor]| fused::add_bias(&args[0], &args[1]);
+    let x = normal(&[3, 70, 24], 40, 2.0);
+    check_all("bias", &f, &[x, normal(&[24], 41, 1.0)], false);
+    let x = normal(&[3, 24, 70], 42, 2.0);
+    check_all("bias (transposed)", &f, &[x, normal(&[24], 43, 1.0)], true);
 }
 
 #[test]
@@ -241,7 +271,14 @@ fn fused_forward_keeps_the_shape_and_needs_no_gradient() {
     for y in [
         fused::softmax_last_dim(&x, 0.5).unwrap(),
         fused::log_softmax_last_dim(&x).unwrap(),
-        fused::layer_norm_normalise(&x, 1e-6).unwrap(),
+        fused::layer_norm(
+            &x,
+            &x.get(0).unwrap().get(0).unwrap(),
+            &x.get(1).unwrap().get(0).unwrap(),
+            1e-6,
+        )
+        .unwrap(),
+        fused::add_bias(&x, &x.get(0).unwrap().get(0).unwrap()).unwrap(),
         fused::gelu_erf(&x).unwrap(),
     ] {
         assert_eq!(y.dims(), x.dims());

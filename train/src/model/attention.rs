@@ -61,15 +61,18 @@ impl Attention {
     /// channels `[h·d, (h+1)·d)` of each of q, k and v.
     pub fn qkv(&self, x: &Tensor) -> Result<HeadsQkv> {
         let (b, n, dim) = x.dims3()?;
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((b, n, 3, self.heads, dim / self.heads))?
-            .permute((2, 0, 3, 1, 4))?;
+        let part = |i: usize| -> Result<Tensor> {
+            Ok(self
+                .qkv
+                .forward_outputs(x, i * dim, dim)?
+                .reshape((b, n, self.heads, dim / self.heads))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
         Ok(HeadsQkv {
-            q: qkv.get(0)?.contiguous()?,
-            k: qkv.get(1)?.contiguous()?,
-            v: qkv.get(2)?.contiguous()?,
+            q: part(0)?,
+            k: part(1)?,
+            v: part(2)?,
         })
     }
 

@@ -1,5 +1,5 @@
 //! Fused CPU kernels for the row-wise operations of the student: softmax, log-softmax, the
-//! relation KL, LayerNorm's normalisation and the exact (erf) GELU.
+//! relation KL, LayerNorm, the bias of linear layers and the exact (erf) GELU.
 //!
 //! Built from candle's primitive ops, each of these costs several passes over memory and as
 //! many temporaries forward, and more backward (candle's `Mul` backward, for one, computes
@@ -326,29 +326,153 @@ impl CustomOp3 for KlRowsBwd {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Column sums (the parameter gradients of broadcast parameters)
+
+/// Rows per partial sum of [`column_sums`]: fixed, so results do not depend on the thread
+/// count.
+const ROWS_PER_PARTIAL: usize = 64;
+
+/// `k` column-sum vectors of width `d` over `rows` rows, `[k·d]` values: `accumulate(rows,
+/// acc)` adds the contribution of a range of rows to `acc` (`k·d` values). Ranges are summed
+/// in parallel into partial sums, which are then added in a fixed order (deterministic).
+fn column_sums(
+    rows: usize,
+    d: usize,
+    k: usize,
+    accumulate: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let partials: Vec<Vec<f32>> = (0..rows.div_ceil(ROWS_PER_PARTIAL))
+        .into_par_iter()
+        .map(|c| {
+            let mut acc = vec![0f32; k * d];
+            let start = c * ROWS_PER_PARTIAL;
+            accumulate(start..rows.min(start + ROWS_PER_PARTIAL), &mut acc);
+            acc
+        })
+        .collect();
+    let mut out = vec![0f32; k * d];
+    for partial in partials {
+        for (o, p) in out.iter_mut().zip(partial) {
+            *o += p;
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bias
+
+/// `x + b`: a bias `b` `[D]` added to every row of `x` `[.., D]` (the bias of a linear layer).
+///
+/// Backward: `∂L/∂x = g` (passed on, no copy) and `∂L/∂b = Σ_rows g`, summed by a parallel
+/// column-sum kernel (candle's broadcast backward reduces over the leading axes slowly).
+pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !(fused(x) && fused(b)) {
+        return x.broadcast_add(b);
+    }
+    x.contiguous()?.apply_op2(&b.contiguous()?, AddBias)
+}
+
+struct AddBias;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "fused-add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, d) = rows_of(s1, l1, self.name())?;
+        let (b, _) = rows_of(s2, l2, self.name())?;
+        if l2.dims() != [d] {
+            return Err(candle_core::Error::ShapeMismatchBinaryOp {
+                lhs: l1.shape().clone(),
+                rhs: l2.shape().clone(),
+                op: self.name(),
+            });
+        }
+        let out = par_rows(x.len(), d, |r, y| {
+            for ((y, &x), &b) in y.iter_mut().zip(&x[r * d..(r + 1) * d]).zip(b) {
+                *y = x + b;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let db = g.contiguous()?.apply_op1_no_bwd(&ColumnSums)?;
+        Ok((Some(g.clone()), Some(db)))
+    }
+}
+
+/// `g` `[.., D]` ↦ `Σ_rows g` `[D]`.
+struct ColumnSums;
+
+impl CustomOp1 for ColumnSums {
+    fn name(&self) -> &'static str {
+        "fused-column-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (g, d) = rows_of(s, l, self.name())?;
+        let rows = g.len().checked_div(d).unwrap_or(0);
+        let out = column_sums(rows, d, 1, |range, acc| {
+            for r in range {
+                for (a, &g) in acc.iter_mut().zip(&g[r * d..(r + 1) * d]) {
+                    *a += g;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from(d)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // LayerNorm
 
-/// LayerNorm's normalisation `x̂ = (x − μ) / √(σ² + eps)` over the last axis, with the
-/// biased variance `σ² = mean((x − μ)²)` as in PyTorch; the learned scale and shift stay
-/// ordinary broadcast ops on the result.
+/// LayerNorm over the last axis, `y = x̂ ⊙ w + b` with `x̂ = (x − μ) / √(σ² + eps)` and the
+/// biased variance `σ² = mean((x − μ)²)` as in PyTorch; `w`, `b` are `[D]`.
 ///
-/// Backward, with `r = 1/√(σ² + eps)` and means over the row:
-/// `∂L/∂x = r · (g − mean(g) − x̂ · mean(g · x̂))`. It recomputes μ and r from x.
-pub fn layer_norm_normalise(x: &Tensor, eps: f64) -> Result<Tensor> {
-    if !fused(x) {
+/// Backward, with `r = 1/√(σ² + eps)`, `ĝ = g ⊙ w` and means over the row:
+/// `∂L/∂x = r · (ĝ − mean(ĝ) − x̂ · mean(ĝ · x̂))`, `∂L/∂w = Σ_rows g ⊙ x̂`,
+/// `∂L/∂b = Σ_rows g`. Both kernels recompute μ and r from x instead of keeping them.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    if !(fused(x) && fused(w) && fused(b)) {
         let mean = x.mean_keepdim(D::Minus1)?;
         let centred = x.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        return centred.broadcast_div(&(var + eps)?.sqrt()?);
+        let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+        return normed.broadcast_mul(w)?.broadcast_add(b);
     }
-    x.contiguous()?.apply_op1(Normalise { eps: eps as f32 })
+    let (w, b) = (w.contiguous()?, b.contiguous()?);
+    let d = x.dim(D::Minus1)?;
+    if w.dims() != [d] || b.dims() != [d] {
+        return Err(candle_core::Error::ShapeMismatchBinaryOp {
+            lhs: x.shape().clone(),
+            rhs: w.shape().clone(),
+            op: "fused-layer-norm",
+        });
+    }
+    x.contiguous()?
+        .apply_op3(&w, &b, LayerNorm { eps: eps as f32 })
 }
 
-struct Normalise {
+struct LayerNorm {
     eps: f32,
 }
 
-/// `(x − μ, √(σ² + eps))` of a row; `centred` receives `x − μ`.
+/// Writes `x − μ` of a row to `centred` and returns `√(σ² + eps)`.
 fn centre(x: &[f32], eps: f32, centred: &mut [f32]) -> f32 {
     let inv_d = (1.0 / x.len() as f64) as f32;
     let mean = x.iter().sum::<f32>() * inv_d;
@@ -360,38 +484,98 @@ fn centre(x: &[f32], eps: f32, centred: &mut [f32]) -> f32 {
     (sq * inv_d + eps).sqrt()
 }
 
-impl CustomOp1 for Normalise {
+impl CustomOp3 for LayerNorm {
     fn name(&self) -> &'static str {
         "fused-layer-norm"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, d) = rows_of(s, l, self.name())?;
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, d) = rows_of(s1, l1, self.name())?;
+        let (w, _) = rows_of(s2, l2, self.name())?;
+        let (b, _) = rows_of(s3, l3, self.name())?;
         let out = par_rows(x.len(), d, |r, y| {
             let std = centre(&x[r * d..(r + 1) * d], self.eps, y);
-            for y in y.iter_mut() {
-                *y /= std;
+            for ((y, &w), &b) in y.iter_mut().zip(w).zip(b) {
+                *y = (*y / std) * w + b;
             }
         });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = g.contiguous()?;
-        Ok(Some(
-            x.apply_op2_no_bwd(&g, &NormaliseBwd { eps: self.eps })?,
-        ))
+        let dx = x.apply_op3_no_bwd(w, &g, &LayerNormBwdX { eps: self.eps })?;
+        let dwb = x.apply_op2_no_bwd(&g, &LayerNormBwdParams { eps: self.eps })?;
+        Ok((Some(dx), Some(dwb.get(0)?), Some(dwb.get(1)?)))
     }
 }
 
-/// `(x, g) ↦ r · (g − mean(g) − x̂ · mean(g · x̂))`, rows of the last axis.
-struct NormaliseBwd {
+/// `(x, w, g) ↦ r · (ĝ − mean(ĝ) − x̂ · mean(ĝ · x̂))` with `ĝ = g ⊙ w`, rows of the last axis.
+struct LayerNormBwdX {
     eps: f32,
 }
 
-impl CustomOp2 for NormaliseBwd {
+impl CustomOp3 for LayerNormBwdX {
     fn name(&self) -> &'static str {
-        "fused-layer-norm-bwd"
+        "fused-layer-norm-bwd-x"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, d) = rows_of(s1, l1, self.name())?;
+        let (w, _) = rows_of(s2, l2, self.name())?;
+        let (g, _) = rows_of(s3, l3, self.name())?;
+        let inv_d = (1.0 / d as f64) as f32;
+        let out = par_rows(x.len(), d, |r, dx| {
+            let g = &g[r * d..(r + 1) * d];
+            // dx holds x̂ until the last loop overwrites it.
+            let std = centre(&x[r * d..(r + 1) * d], self.eps, dx);
+            let mut g_sum = 0f32;
+            let mut gx_sum = 0f32;
+            for ((xh, &g), &w) in dx.iter_mut().zip(g).zip(w) {
+                *xh /= std;
+                g_sum += g * w;
+                gx_sum += g * w * *xh;
+            }
+            let (g_mean, gx_mean) = (g_sum * inv_d, gx_sum * inv_d);
+            for ((dx, &g), &w) in dx.iter_mut().zip(g).zip(w) {
+                *dx = (g * w - g_mean - *dx * gx_mean) / std;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `(x, g) ↦ [Σ_rows g ⊙ x̂; Σ_rows g]`, `[2, D]`: the gradients of LayerNorm's `w` and `b`.
+struct LayerNormBwdParams {
+    eps: f32,
+}
+
+impl CustomOp2 for LayerNormBwdParams {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm-bwd-params"
     }
 
     fn cpu_fwd(
@@ -403,24 +587,24 @@ impl CustomOp2 for NormaliseBwd {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, d) = rows_of(s1, l1, self.name())?;
         let (g, _) = rows_of(s2, l2, self.name())?;
-        let out = par_rows(x.len(), d, |r, dx| {
-            let g = &g[r * d..(r + 1) * d];
-            // dx holds x̂ until the last loop overwrites it.
-            let std = centre(&x[r * d..(r + 1) * d], self.eps, dx);
-            let inv_d = 1.0 / d as f32;
-            let mut g_sum = 0f32;
-            let mut gx_sum = 0f32;
-            for (xh, &g) in dx.iter_mut().zip(g) {
-                *xh /= std;
-                g_sum += g;
-                gx_sum += g * *xh;
-            }
-            let (g_mean, gx_mean) = (g_sum * inv_d, gx_sum * inv_d);
-            for (dx, &g) in dx.iter_mut().zip(g) {
-                *dx = (g - g_mean - *dx * gx_mean) / std;
+        let rows = x.len().checked_div(d).unwrap_or(0);
+        let out = column_sums(rows, d, 2, |range, acc| {
+            let (dw, db) = acc.split_at_mut(d);
+            let mut xh = vec![0f32; d];
+            for r in range {
+                let std = centre(&x[r * d..(r + 1) * d], self.eps, &mut xh);
+                for (((dw, db), &xh), &g) in dw
+                    .iter_mut()
+                    .zip(db.iter_mut())
+                    .zip(&xh)
+                    .zip(&g[r * d..(r + 1) * d])
+                {
+                    *dw += g * (xh / std);
+                    *db += g;
+                }
             }
         });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((CpuStorage::F32(out), Shape::from((2, d))))
     }
 }
 

@@ -29,14 +29,28 @@ impl Linear {
 
     /// Applies the layer to `[..., in]`, returning `[..., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_outputs(x, 0, self.weight.dim(0)?)
+    }
+
+    /// Only outputs `[start, start + len)` of the layer, `[..., len]`: one part of a fused
+    /// projection (the q, k or v of `qkv`), without computing the others. Slicing the
+    /// parameters rather than the output keeps the backward from padding the gradient of
+    /// each part with zeros to the full output width.
+    pub fn forward_outputs(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
         let mut dims = x.dims().to_vec();
         let inp = dims.pop().unwrap_or(1);
         let rows = x.elem_count() / inp.max(1);
-        let y = x
-            .reshape((rows, inp))?
-            .matmul(&self.weight.t()?)?
-            .broadcast_add(&self.bias)?;
-        dims.push(self.weight.dim(0)?);
+        let (weight, bias) = if start == 0 && len == self.weight.dim(0)? {
+            (self.weight.clone(), self.bias.clone())
+        } else {
+            (
+                self.weight.narrow(0, start, len)?,
+                self.bias.narrow(0, start, len)?,
+            )
+        };
+        let y = x.reshape((rows, inp))?.matmul(&weight.t()?)?;
+        let y = fused::add_bias(&y, &bias)?;
+        dims.push(len);
         Ok(y.reshape(dims)?)
     }
 }
@@ -59,9 +73,12 @@ impl LayerNorm {
 
     /// (x − mean) / √(var + eps) · weight + bias, with the biased variance as in PyTorch.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(fused::layer_norm_normalise(x, LAYER_NORM_EPS)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)?)
+        Ok(fused::layer_norm(
+            x,
+            &self.weight,
+            &self.bias,
+            LAYER_NORM_EPS,
+        )?)
     }
 }
 
@@ -114,7 +131,9 @@ impl PatchEmbed {
     /// Pixels `[B, 3, S, S]` to patch tokens `[B, (S/p)², D]`, row-major over the grid.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let y = pixels.conv2d(&self.weight, 0, self.patch, 1, 1)?;
-        let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
-        Ok(y.flatten_from(2)?.transpose(1, 2)?)
+        Ok(fused::add_bias(
+            &y.flatten_from(2)?.transpose(1, 2)?,
+            &self.bias,
+        )?)
     }
 }
