@@ -91,7 +91,7 @@ fn check(
     check_all(
         what,
         &|args: &[Tensor]| f(&args[0]),
-        &[x.clone()],
+        std::slice::from_ref(x),
         transpose,
     );
 }
@@ -190,6 +190,34 @@ fn gelu_matches_composite() {
         true,
     );
     check("gelu (large)", &f, &large(&[4, 9, 33], 12), false);
+    // Zero, tiny and subnormal values, where the backward cannot take Φ(x) as y / x.
+    let special = [
+        0.0f32, -0.0, 1e-38, -1e-40, 1e-20, -1e-10, 3e-7, -8.0, -13.0, -20.0,
+    ];
+    let x = Tensor::cat(
+        &[
+            Tensor::new(&special, &Device::Cpu).unwrap(),
+            normal(&[10], 13, 1.0),
+        ],
+        0,
+    )
+    .unwrap();
+    check("gelu (special values)", &f, &x, false);
+}
+
+#[test]
+fn scale_samples_matches_composite() {
+    let factors = [0.0f32, 1.25, 1.25, 0.0, 1.25];
+    let f = move |x: &Tensor| fused::scale_samples(x, &factors);
+    // More values than one task of the elementwise kernel, samples not aligned to it.
+    check("scale samples", &f, &normal(&[5, 197, 19], 50, 1.0), false);
+    check(
+        "scale samples (transposed)",
+        &f,
+        &normal(&[5, 19, 7], 51, 1.0),
+        true,
+    );
+    assert!(fused::scale_samples(&normal(&[4, 3], 52, 1.0), &factors).is_err());
 }
 
 /// Target distributions with exact zeros: every row has some, some rows are one-hot.

@@ -75,10 +75,7 @@ fn drop_path(x: &Tensor, rate: f64, rng: Option<&mut TrainRng>) -> Result<Tensor
             }
         })
         .collect();
-    let mut shape = vec![1; x.rank()];
-    shape[0] = batch;
-    let mask = Tensor::from_vec(mask, shape, x.device())?;
-    Ok(x.broadcast_mul(&mask)?)
+    Ok(super::fused::scale_samples(x, &mask)?)
 }
 
 #[cfg(test)]
