@@ -110,6 +110,7 @@ fn main() {
         out: dir.path().join("cache-run"),
         progress: false,
         prefetch: 4,
+        precision: tinymim_train::Precision::F32,
     };
     let online = RunConfig {
         source: SourceConfig::Online {

@@ -12,6 +12,7 @@ use tinymim_train::config::VitConfig;
 use tinymim_train::online::TeacherOptions;
 use tinymim_train::probe::ProbeConfig;
 use tinymim_train::run::{RunConfig, SourceConfig};
+use tinymim_train::Precision;
 
 /// Distil a small ViT student from relation targets (TinyMIM), either from a relation store
 /// written by `extract` (--cache) or from a teacher run online (--teacher).
@@ -63,6 +64,28 @@ impl DeviceArg {
                 "--device cuda: this `train` was built without CUDA support; rebuild it with \
                  `cargo build --release -p tinymim-train --features cuda`"
             ),
+        }
+    }
+}
+
+/// Precision of the student's matrix products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// bf16 on CUDA, f32 on the CPU.
+    Auto,
+    /// Float32 throughout.
+    F32,
+    /// Products in bfloat16 (autocast-style); parameters, norms, softmax and loss in f32.
+    Bf16,
+}
+
+impl PrecisionArg {
+    /// The precision on `device`.
+    pub fn resolve(self, device: &Device) -> Precision {
+        match self {
+            PrecisionArg::Auto => Precision::default_for(device),
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::Bf16 => Precision::Bf16,
         }
     }
 }
@@ -162,6 +185,10 @@ pub struct TrainArgs {
     /// Training device.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
+    /// Precision of the student's matrix products (parameters, AdamW moments, norms, softmax
+    /// and the loss are always f32).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]
+    pub precision: PrecisionArg,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -305,6 +332,7 @@ impl TrainArgs {
             },
             (None, None) => bail!("pass --cache STORE or --teacher CHECKPOINT"),
         };
+        let device = self.device.device()?;
         Ok(RunConfig {
             source,
             images: self.images.clone(),
@@ -321,7 +349,8 @@ impl TrainArgs {
             checkpoint_every: self.checkpoint_every.or(recipe.checkpoint_every),
             max_steps: self.max_steps,
             resume: self.resume,
-            device: self.device.device()?,
+            precision: self.precision.resolve(&device),
+            device,
             out: self.out.clone().context("--out RUN_DIR is required")?,
             progress: !self.quiet,
             prefetch: 4,

@@ -29,6 +29,7 @@ use crate::metrics::{MetricsLog, Progress, StepMetrics};
 use crate::model::Student;
 use crate::online::{OnlineTeacher, TeacherOptions};
 use crate::optim::{AdamW, AdamWConfig};
+use crate::precision::Precision;
 use crate::rng::TrainRng;
 use crate::schedule::LrSchedule;
 
@@ -124,6 +125,8 @@ pub struct RunConfig {
     pub out: PathBuf,
     /// Show the progress bar.
     pub progress: bool,
+    /// Precision of the student's matrix products.
+    pub precision: Precision,
     /// Micro-batches the loader prepares ahead.
     pub prefetch: usize,
 }
@@ -543,6 +546,7 @@ pub fn train_prepared(config: &RunConfig, prepared: &Prepared) -> Result<RunSumm
     let state = LoopState::of(config, &prepared.rows);
     let state_json = serde_json::to_value(&state).expect("loop state serialises");
     let mut distiller = starting_point(config, prepared, &state)?;
+    distiller.student.set_precision(config.precision);
     let start = distiller.step;
     let total = config.epochs * prepared.plan.steps_per_epoch();
     let end = config.max_steps.map_or(total, |m| m.min(total)).max(start);

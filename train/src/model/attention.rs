@@ -6,6 +6,7 @@ use super::fused;
 use super::layers::Linear;
 use super::params::ParamBuilder;
 use crate::error::Result;
+use crate::precision::Precision;
 
 /// Queries, keys and values after the head split, each `[B, H, N, d]`.
 #[derive(Clone, Debug)]
@@ -40,6 +41,7 @@ pub struct Attention {
     qkv: Linear,
     proj: Linear,
     heads: usize,
+    precision: Precision,
 }
 
 impl Attention {
@@ -54,7 +56,16 @@ impl Attention {
             qkv: Linear::new(pb, &format!("{prefix}.qkv"), dim, 3 * dim)?,
             proj: Linear::new(pb, &format!("{prefix}.proj"), dim, dim)?,
             heads,
+            precision: Precision::F32,
         })
+    }
+
+    /// Runs the projections and the attention products in `precision` (the softmax stays
+    /// f32).
+    pub(crate) fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+        self.qkv.set_precision(precision);
+        self.proj.set_precision(precision);
     }
 
     /// Projects normalised tokens `[B, N, D]` to q, k, v split into heads: head h takes
@@ -80,9 +91,11 @@ impl Attention {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, dim) = x.dims3()?;
         let heads = self.qkv(x)?;
-        let attn = fused::softmax_last_dim(&heads.q.matmul(&heads.k.t()?)?, heads.scale()?)?;
-        let out = attn
-            .matmul(&heads.v)?
+        let logits = self.precision.matmul(&heads.q, &heads.k.t()?)?;
+        let attn = fused::softmax_last_dim(&logits, heads.scale()?)?;
+        let out = self
+            .precision
+            .matmul(&attn, &heads.v)?
             .transpose(1, 2)?
             .reshape((b, n, dim))?;
         self.proj.forward(&out)

@@ -7,6 +7,7 @@ use super::attention::{Attention, HeadsQkv};
 use super::layers::{LayerNorm, Mlp};
 use super::params::ParamBuilder;
 use crate::error::Result;
+use crate::precision::Precision;
 use crate::rng::TrainRng;
 
 /// `x += DropPath(Attn(LN1 x)); x += DropPath(MLP(LN2 x))`.
@@ -38,6 +39,12 @@ impl Block {
             mlp: Mlp::new(pb, &format!("{p}.mlp"), spec.dim, spec.mlp_dim)?,
             drop_path: spec.drop_path,
         })
+    }
+
+    /// Runs the block's matrix products in `precision`.
+    pub(crate) fn set_precision(&mut self, precision: Precision) {
+        self.attn.set_precision(precision);
+        self.mlp.set_precision(precision);
     }
 
     /// The full block on `[B, N, D]`. With `rng`, drop path is active (training); without,

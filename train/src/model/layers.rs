@@ -7,6 +7,7 @@ use candle_core::Tensor;
 use super::fused;
 use super::params::ParamBuilder;
 use crate::error::Result;
+use crate::precision::Precision;
 
 /// LayerNorm epsilon of every norm in the model (TINYMIM.md: 1e-6, not 1e-5).
 pub const LAYER_NORM_EPS: f64 = 1e-6;
@@ -16,6 +17,7 @@ pub const LAYER_NORM_EPS: f64 = 1e-6;
 pub struct Linear {
     weight: Tensor,
     bias: Tensor,
+    precision: Precision,
 }
 
 impl Linear {
@@ -24,7 +26,13 @@ impl Linear {
         Ok(Linear {
             weight: pb.xavier_uniform(&format!("{prefix}.weight"), &[out, inp])?,
             bias: pb.constant(&format!("{prefix}.bias"), &[out], 0.0)?,
+            precision: Precision::F32,
         })
+    }
+
+    /// Runs the product `x Wᵀ` in `precision` from now on (the bias add stays f32).
+    pub(crate) fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
 
     /// Applies the layer to `[..., in]`, returning `[..., out]`.
@@ -48,7 +56,9 @@ impl Linear {
                 self.bias.narrow(0, start, len)?,
             )
         };
-        let y = x.reshape((rows, inp))?.matmul(&weight.t()?)?;
+        let y = self
+            .precision
+            .matmul(&x.reshape((rows, inp))?, &weight.t()?)?;
         let y = fused::add_bias(&y, &bias)?;
         dims.push(len);
         Ok(y.reshape(dims)?)
@@ -101,6 +111,12 @@ impl Mlp {
             fc1: Linear::new(pb, &format!("{prefix}.fc1"), dim, hidden)?,
             fc2: Linear::new(pb, &format!("{prefix}.fc2"), hidden, dim)?,
         })
+    }
+
+    /// Runs both products in `precision`.
+    pub(crate) fn set_precision(&mut self, precision: Precision) {
+        self.fc1.set_precision(precision);
+        self.fc2.set_precision(precision);
     }
 
     /// fc2(GELU(fc1(x))).

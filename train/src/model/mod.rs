@@ -19,6 +19,7 @@ pub use pos_embed::sincos_pos_embed;
 
 use crate::config::VitConfig;
 use crate::error::{expect_shape, Result, TrainError};
+use crate::precision::Precision;
 use crate::rng::TrainRng;
 use block::{Block, BlockSpec};
 use layers::{LayerNorm, PatchEmbed};
@@ -48,6 +49,7 @@ pub struct Student {
     blocks: Vec<Block>,
     norm: LayerNorm,
     params: Vec<Param>,
+    precision: Precision,
 }
 
 impl Student {
@@ -105,12 +107,28 @@ impl Student {
             blocks,
             norm,
             params: pb.finish(),
+            precision: Precision::F32,
         })
     }
 
     /// The architecture.
     pub fn config(&self) -> &VitConfig {
         &self.config
+    }
+
+    /// Runs the transformer blocks' matrix products (qkv, attention, proj, MLP) in
+    /// `precision` from now on; the patch embedding, every norm, softmax and GELU, and the last
+    /// block's relation logits stay f32 (see [`Precision`]). New models start in f32.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+        for block in &mut self.blocks {
+            block.set_precision(precision);
+        }
+    }
+
+    /// The precision of the matrix products.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Heads of the adaptive last block (the teacher's relation head count).

@@ -236,6 +236,7 @@ impl World {
             out: self.dir.path().join(out),
             progress: false,
             prefetch: 2,
+            precision: tinymim_train::Precision::F32,
         }
     }
 
