@@ -145,10 +145,28 @@ fn main() {
             s / seconds
         );
     }
+    let speed_up = measured[1].1 / measured[0].1;
+    let student_step = 3.0 * distillation_forward_gflop(&student);
+    let bound = (student_step + distillation_forward_gflop(&teacher_config)) / student_step;
     println!(
-        "cache / online speed-up: {:.2}×",
-        measured[1].1 / measured[0].1
+        "cache / online speed-up: {speed_up:.2}×; FLOP-ratio bound {bound:.2}× (student step \
+         ≈ 3 × forward = {student_step:.2} GFLOP/view, teacher forward {:.2} GFLOP/view): \
+         {:.2} of the bound",
+        distillation_forward_gflop(&teacher_config),
+        speed_up / bound
     );
+}
+
+/// GFLOP per view (a multiply-add counts 2) of the distillation forward of a ViT: patch
+/// embedding, every block but the last in full (qkv, attention products, proj, MLP), and the
+/// last block's qkv and two relation products. Norms, softmax and GELU are not counted.
+fn distillation_forward_gflop(c: &VitConfig) -> f64 {
+    let (n, d) = (c.tokens() as f64, c.dim as f64);
+    let patch = 2.0 * (c.grid() * c.grid()) as f64 * (3 * c.patch * c.patch) as f64 * d;
+    let products = 4.0 * n * n * d;
+    let full_block = 8.0 * n * d * d + 4.0 * n * d * c.mlp_dim as f64 + products;
+    let last_block = 6.0 * n * d * d + products;
+    (patch + (c.depth - 1) as f64 * full_block + last_block) / 1e9
 }
 
 /// The median of per-step seconds, leaving out the first (warm-up) step.
