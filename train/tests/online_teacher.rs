@@ -2,6 +2,7 @@
 //! included: a learned `pos_embed` that adds the same vector `c` to every patch token (and
 //! nothing to the class token) must act exactly like adding `c` to the patch embedding's bias.
 
+mod common;
 #[path = "loop_fixture/mod.rs"]
 mod loop_fixture;
 
@@ -9,21 +10,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use common::max_rel_err;
 use loop_fixture::{load_teacher, teacher_config, write_teacher, TEACHER_HEADS};
-
-/// Largest absolute difference between two tensors.
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 /// The checkpoint at `from` with `edit` applied to its tensors, saved as `to`.
 fn edited(from: &Path, to: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
@@ -70,11 +58,11 @@ fn a_learned_position_embedding_is_used_as_stored() {
     let (base_qk, base_vv) = maps(&base);
     let (learned_qk, learned_vv) = maps(&learned);
     let (biased_qk, biased_vv) = maps(&biased);
-    assert!(max_diff(&learned_qk, &biased_qk) < 1e-5);
-    assert!(max_diff(&learned_vv, &biased_vv) < 1e-5);
+    assert!(max_rel_err(&learned_qk, &biased_qk) < 1e-5);
+    assert!(max_rel_err(&learned_vv, &biased_vv) < 1e-5);
     // ...and it is not ignored.
-    assert!(max_diff(&learned_qk, &base_qk) > 1e-3);
-    assert!(max_diff(&learned_vv, &base_vv) > 1e-3);
+    assert!(max_rel_err(&learned_qk, &base_qk) > 1e-3);
+    assert!(max_rel_err(&learned_vv, &base_vv) > 1e-3);
 }
 
 #[test]

@@ -1,22 +1,11 @@
 //! bfloat16 autocast: products in bf16 agree with float32 ones to bf16 precision, and
 //! gradients flow through the casts to float32 parameters.
 
-use candle_core::{DType, Device, Tensor, Var, D};
-use tinymim_train::{relation_loss, Precision, Student, VitConfig};
+mod common;
 
-/// Largest |a − b| relative to the largest |b|.
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
-    diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap()
-}
+use candle_core::{DType, Device, Tensor, Var, D};
+use common::max_rel_err;
+use tinymim_train::{relation_loss, Precision, Student, VitConfig};
 
 #[test]
 fn bf16_products_and_their_gradients_match_f32_to_bf16_precision() {
@@ -41,7 +30,7 @@ fn bf16_products_and_their_gradients_match_f32_to_bf16_precision() {
         ("da", &ga16, &ga32),
         ("db", &gb16, &gb32),
     ] {
-        let e = rel_err(low, full);
+        let e = max_rel_err(low, full);
         assert!(e < 2e-2, "{what}: bf16 vs f32 relative error {e}");
         assert!(
             e > 0.0,
