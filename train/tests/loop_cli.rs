@@ -101,6 +101,38 @@ fn trains_from_a_store_with_the_recorded_source_root() {
 }
 
 #[test]
+fn bf16_precision_runs_the_same_step_to_bf16_accuracy() {
+    let world = World::new(3, 2);
+    let first_loss = |precision: &str| {
+        let out = world.dir.path().join(format!("run-{precision}"));
+        let mut args = vec!["--cache", world.store.to_str().unwrap()];
+        args.extend_from_slice(STUDENT);
+        args.extend_from_slice(&[
+            "--epochs",
+            "1",
+            "--warmup-epochs",
+            "0",
+            "--batch",
+            "2",
+            "--max-steps",
+            "1",
+        ]);
+        args.extend_from_slice(&["--precision", precision, "--quiet", "--out"]);
+        args.push(out.to_str().unwrap());
+        let result = train(&args);
+        assert!(result.status.success(), "{}", stderr(&result));
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let line: serde_json::Value =
+            serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+        line["loss"].as_f64().unwrap()
+    };
+    let (full, low) = (first_loss("f32"), first_loss("bf16"));
+    let rel = ((low - full) / full).abs();
+    assert!(rel < 1e-2, "bf16 loss {low} vs f32 {full}");
+    assert!(rel > 0.0, "--precision bf16 changed nothing");
+}
+
+#[test]
 fn a_store_without_committed_rows_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("empty.zarr");
