@@ -20,7 +20,7 @@ echo "== extraction vs the bare teacher, per encoding (extract)"
 echo "== teacher export: ViT-B/16 export time and views/s (extract teacher)"
 "$ex/bench_export" --batch 8 --iters 3
 echo "== training: cache vs online teacher vs synthetic targets (train)"
-"$ex/bench_train" --steps 7 --batch 16 --views 2
+"$ex/bench_train" --steps 11 --batch 16 --views 2
 echo "== training step: candle vs PyTorch eager, vit-tiny, batch 8, 12 relation heads"
 "$ex/student_speed" vit-tiny 8 12
 if [ -x .cache/torch-venv/bin/python ]; then

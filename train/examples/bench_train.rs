@@ -12,7 +12,7 @@
 //! asked for; the images are the asset cache's photos when present, synthetic ones otherwise.
 //!
 //! ```text
-//! cargo run --release -p tinymim-train --example bench_train -- [--steps 7] [--batch 16]
+//! cargo run --release -p tinymim-train --example bench_train -- [--steps 11] [--batch 16]
 //!     [--views 2] [--teacher-dim 384] [--teacher-depth 12] [--teacher-heads 6]
 //! ```
 
@@ -55,7 +55,7 @@ fn photos() -> Option<PathBuf> {
 
 fn main() {
     tinymim_train::heap::keep_freed_memory();
-    let steps = arg("--steps", 7) as u64;
+    let steps = arg("--steps", 11) as u64;
     let batch = arg("--batch", 16);
     let views = arg("--views", 2) as u32;
     let heads = arg("--teacher-heads", 6);
