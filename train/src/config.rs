@@ -100,19 +100,19 @@ impl VitConfig {
                 return fail(format!("`{field}` must be positive"));
             }
         }
-        if self.dim % self.heads != 0 {
+        if !self.dim.is_multiple_of(self.heads) {
             return fail(format!(
                 "`dim` = {} is not divisible by `heads` = {}",
                 self.dim, self.heads
             ));
         }
-        if self.dim % 4 != 0 {
+        if !self.dim.is_multiple_of(4) {
             return fail(format!(
                 "`dim` = {} must be a multiple of 4 for the 2-D sin-cos position embedding",
                 self.dim
             ));
         }
-        if self.image_size % self.patch != 0 {
+        if !self.image_size.is_multiple_of(self.patch) {
             return fail(format!(
                 "`image_size` = {} is not a multiple of `patch` = {}",
                 self.image_size, self.patch
@@ -129,7 +129,7 @@ impl VitConfig {
 
     /// Checks that the adaptive last block can use `relation_heads` heads (D divisible by it).
     pub fn validate_relation_heads(&self, relation_heads: usize) -> Result<()> {
-        if relation_heads == 0 || self.dim % relation_heads != 0 {
+        if relation_heads == 0 || !self.dim.is_multiple_of(relation_heads) {
             return Err(TrainError::Config {
                 origin: "adaptive block".to_string(),
                 message: format!(

@@ -77,10 +77,14 @@ impl std::fmt::Display for ProbeReport {
     }
 }
 
+/// Images with their class index.
+pub type Labelled<'a> = Vec<(&'a FoundImage, usize)>;
+
+/// One L2-normalised feature vector per image.
+type Features = Vec<Vec<f32>>;
+
 /// The deterministic split: `(train, test)`, each a list of (image, class index).
-pub fn split(
-    images: &[FoundImage],
-) -> Result<(Vec<(&FoundImage, usize)>, Vec<(&FoundImage, usize)>)> {
+pub fn split(images: &[FoundImage]) -> Result<(Labelled<'_>, Labelled<'_>)> {
     let mut classes: BTreeMap<&str, Vec<&FoundImage>> = BTreeMap::new();
     for image in images {
         let label = image.label.as_deref().ok_or_else(|| {
@@ -189,7 +193,7 @@ pub fn load_exported(model: &Path, device: &Device) -> Result<Student> {
 }
 
 /// Class-token and mean-pooled features (L2-normalised) of `images`.
-fn features(student: &Student, images: &[&FoundImage]) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+fn features(student: &Student, images: &[&FoundImage]) -> Result<(Features, Features)> {
     let size = student.config().image_size;
     let len = 3 * size * size;
     let (mut cls, mut mean) = (Vec::new(), Vec::new());

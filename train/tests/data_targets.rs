@@ -53,11 +53,11 @@ fn softmax_rows(a: &[Vec<f64>], b: &[Vec<f64>]) -> Vec<f64> {
 /// f64 reference maps `[2, H, N, N]` of q, k, v given as `[H][N][d]`.
 fn reference_maps(q: &[Vec<Vec<f64>>], k: &[Vec<Vec<f64>>], v: &[Vec<Vec<f64>>]) -> Vec<f64> {
     let mut out = Vec::new();
-    for h in 0..H {
-        out.extend(softmax_rows(&q[h], &k[h]));
+    for (q, k) in q.iter().zip(k).take(H) {
+        out.extend(softmax_rows(q, k));
     }
-    for h in 0..H {
-        out.extend(softmax_rows(&v[h], &v[h]));
+    for v in v.iter().take(H) {
+        out.extend(softmax_rows(v, v));
     }
     out
 }

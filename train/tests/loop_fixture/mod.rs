@@ -56,7 +56,7 @@ pub fn write_images(dir: &Path, count: usize) -> Vec<PathBuf> {
         .map(|i| {
             let (w, h) = (64 + 16 * i as u32, 48 + 8 * (i as u32 % 3));
             let img = image::RgbImage::from_fn(w, h, |x, y| {
-                let inside = (x / 12 + y / 12 + i as u32) % 3 == 0;
+                let inside = (x / 12 + y / 12 + i as u32).is_multiple_of(3);
                 let base = [
                     (x * 255 / w) as u8,
                     (y * 255 / h) as u8,
