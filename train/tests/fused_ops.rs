@@ -254,7 +254,19 @@ fn kl_rows_matches_composite() {
     let dense = candle_nn::ops::softmax_last_dim(&normal(&shape, 13, 2.0)).unwrap();
     for (what, target, logits, transpose) in [
         ("kl", dense.clone(), normal(&shape, 14, 3.0), false),
-        ("kl (transposed)", dense, normal(&shape, 15, 3.0), true),
+        (
+            "kl (transposed)",
+            dense.clone(),
+            normal(&shape, 15, 3.0),
+            true,
+        ),
+        // Rows whose mass is not 1 exercise the Σ T factor of the backward.
+        (
+            "kl (rows of mass 0.5)",
+            (dense * 0.5).unwrap(),
+            normal(&shape, 22, 3.0),
+            false,
+        ),
         (
             "kl (zeros)",
             sparse_targets(&shape, 16),
