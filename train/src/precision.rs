@@ -51,12 +51,4 @@ impl Precision {
                 .to_dtype(DType::F32)?,
         })
     }
-
-    /// The name used on the command line and in logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::Bf16 => "bf16",
-        }
-    }
 }

@@ -37,8 +37,9 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Runs the tiny student on `store` with extra flags, expecting failure; returns stderr.
-fn refused(store: &Path, out: &Path, extra: &[&str]) -> String {
+/// Runs the tiny student on `store` into `out` (1 epoch, batch 2, no warm-up, quiet) with
+/// `extra` flags after those (a later flag overrides an earlier one).
+fn train_on(store: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["--cache", store.to_str().unwrap()];
     args.extend_from_slice(STUDENT);
     args.extend_from_slice(&[
@@ -52,7 +53,12 @@ fn refused(store: &Path, out: &Path, extra: &[&str]) -> String {
     ]);
     args.extend_from_slice(&["--out", out.to_str().unwrap()]);
     args.extend_from_slice(extra);
-    let result = train(&args);
+    train(&args)
+}
+
+/// Runs the tiny student on `store` with extra flags, expecting failure; returns stderr.
+fn refused(store: &Path, out: &Path, extra: &[&str]) -> String {
+    let result = train_on(store, out, extra);
     assert!(!result.status.success(), "expected a refusal");
     assert!(
         !out.join("metrics.jsonl").exists(),
@@ -68,22 +74,7 @@ fn refused(store: &Path, out: &Path, extra: &[&str]) -> String {
 fn trains_from_a_store_with_the_recorded_source_root() {
     let world = World::new(3, 2);
     let out = world.dir.path().join("run");
-    let mut args = vec!["--cache", world.store.to_str().unwrap()];
-    args.extend_from_slice(STUDENT);
-    args.extend_from_slice(&[
-        "--epochs",
-        "2",
-        "--batch",
-        "2",
-        "--warmup-epochs",
-        "0",
-        "--base-lr",
-        "0.1",
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    let result = train(&args);
+    let result = train_on(&world.store, &out, &["--epochs", "2", "--base-lr", "0.1"]);
     assert!(result.status.success(), "{}", stderr(&result));
     let stdout = String::from_utf8_lossy(&result.stdout);
     assert!(
@@ -105,21 +96,11 @@ fn bf16_precision_runs_the_same_step_to_bf16_accuracy() {
     let world = World::new(3, 2);
     let first_loss = |precision: &str| {
         let out = world.dir.path().join(format!("run-{precision}"));
-        let mut args = vec!["--cache", world.store.to_str().unwrap()];
-        args.extend_from_slice(STUDENT);
-        args.extend_from_slice(&[
-            "--epochs",
-            "1",
-            "--warmup-epochs",
-            "0",
-            "--batch",
-            "2",
-            "--max-steps",
-            "1",
-        ]);
-        args.extend_from_slice(&["--precision", precision, "--quiet", "--out"]);
-        args.push(out.to_str().unwrap());
-        let result = train(&args);
+        let result = train_on(
+            &world.store,
+            &out,
+            &["--max-steps", "1", "--precision", precision],
+        );
         assert!(result.status.success(), "{}", stderr(&result));
         let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
         let line: serde_json::Value =
@@ -212,20 +193,7 @@ fn a_changed_source_image_is_refused_naming_it() {
     let last = bytes.len() - 20;
     bytes[last] ^= 0x55; // same size, other bytes
     std::fs::write(&path, bytes).unwrap();
-    let out = world.dir.path().join("run");
-    let mut args = vec!["--cache", world.store.to_str().unwrap()];
-    args.extend_from_slice(STUDENT);
-    args.extend_from_slice(&[
-        "--epochs",
-        "1",
-        "--batch",
-        "2",
-        "--warmup-epochs",
-        "0",
-        "--quiet",
-    ]);
-    args.extend_from_slice(&["--out", out.to_str().unwrap()]);
-    let result = train(&args);
+    let result = train_on(&world.store, &world.dir.path().join("run"), &[]);
     assert!(!result.status.success());
     let err = stderr(&result);
     assert!(
