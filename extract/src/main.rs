@@ -59,8 +59,10 @@ struct TeacherArgs {
     /// Teacher config naming a third-party model's q/k/v tensors (configs/teachers/*.toml).
     #[arg(long, value_name = "TOML")]
     config: Option<PathBuf>,
-    /// Where the teacher runs.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    /// Where the teacher runs: auto (the CUDA execution provider when the loaded ONNX Runtime
+    /// has it and a GPU is present, else the CPU), cpu, cuda or cuda:N (an error when the CUDA
+    /// provider cannot start; never a silent CPU fallback).
+    #[arg(long, value_name = "DEVICE", default_value_t = Device::Auto)]
     device: Device,
     /// ONNX Runtime intra-op threads [default: one per core].
     #[arg(long, value_name = "N")]
@@ -176,8 +178,9 @@ fn one_sentence(e: &anyhow::Error) -> String {
     message
 }
 
-/// Loads the teacher named by `args` (the caller checked that --teacher is given).
-fn load_teacher(args: &TeacherArgs) -> anyhow::Result<Teacher> {
+/// Loads the teacher named by `args` (the caller checked that --teacher is given), fetching the
+/// graph's own relation maps with each batch when `relation_maps` (the `maps` encoding).
+fn load_teacher(args: &TeacherArgs, relation_maps: bool) -> anyhow::Result<Teacher> {
     let path = args.teacher.as_deref().context("--teacher is required")?;
     let config = args
         .config
@@ -188,6 +191,7 @@ fn load_teacher(args: &TeacherArgs) -> anyhow::Result<Teacher> {
         device: args.device,
         threads: args.threads,
         extra_outputs: Vec::new(),
+        relation_maps,
     };
     let teacher = Teacher::load(path, config.as_ref(), &options)?;
     let runtime = Runtime::get()?;
@@ -207,7 +211,7 @@ fn run_extract(args: &RunArgs) -> anyhow::Result<()> {
     if !(args.checkpoint_secs >= 0.0 && args.checkpoint_secs.is_finite()) {
         anyhow::bail!("--checkpoint-secs must be a non-negative number of seconds");
     }
-    let mut teacher = load_teacher(&args.teacher)?;
+    let mut teacher = load_teacher(&args.teacher, args.encoding == Encoding::Maps)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let options = ExtractOptions {
         images: args.images.clone().expect("clap requires --images"),
@@ -252,7 +256,9 @@ fn run_inspect(args: &InspectArgs) -> anyhow::Result<bool> {
 
 fn run_verify(args: &VerifyArgs) -> anyhow::Result<bool> {
     let mut teacher = match (&args.images, &args.teacher.teacher) {
-        (Some(_), Some(_)) => Some(load_teacher(&args.teacher)?),
+        // Maps are fetched whatever the store's encoding: a `maps` store is then recomputed
+        // exactly as extract computed it, and the other encodings ignore them.
+        (Some(_), Some(_)) => Some(load_teacher(&args.teacher, true)?),
         (None, Some(_)) => anyhow::bail!("--teacher needs --images to recompute rows"),
         _ => None,
     };

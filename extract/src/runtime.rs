@@ -5,10 +5,13 @@
 //! in order, at
 //!
 //! 1. `$ORT_DYLIB_PATH` (a file);
-//! 2. `$TINYMIM_CACHE/onnxruntime/libonnxruntime.so*`;
-//! 3. the project's cache `<workspace>/.cache/tinymim/onnxruntime/`, the workspace being the one
-//!    this crate was compiled in, or any folder above the running executable that has a cache;
-//! 4. the `onnxruntime` package of the user's Python (`onnxruntime/capi/libonnxruntime.so*`).
+//! 2. `$TINYMIM_CACHE/onnxruntime-gpu/` then `$TINYMIM_CACHE/onnxruntime/`
+//!    (`libonnxruntime.so*`: the GPU build of `scripts/setup.sh --ort-gpu`, then the CPU one);
+//! 3. the same two folders of the project's cache `<workspace>/.cache/tinymim/`, the workspace
+//!    being the one this crate was compiled in, or any folder above the running executable that
+//!    has a cache;
+//! 4. the `onnxruntime` package of the user's Python (`onnxruntime/capi/libonnxruntime.so*`;
+//!    the `onnxruntime-gpu` wheel installs under that name too).
 //!
 //! `ort` panics when an environment is built before a library is loaded, and refuses a second
 //! environment in one process: [`Runtime::get`] loads the library first and keeps the one
@@ -28,16 +31,44 @@ pub const ORT_DYLIB_PATH: &str = "ORT_DYLIB_PATH";
 /// Environment variable naming the asset cache (see `scripts/setup.sh`).
 pub const TINYMIM_CACHE: &str = "TINYMIM_CACHE";
 
-/// Where the teacher runs, as asked for on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+/// Where the teacher runs, as asked for on the command line: `auto`, `cpu`, `cuda` or `cuda:N`
+/// (the N-th GPU the process sees, after `CUDA_VISIBLE_DEVICES`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Device {
     /// CUDA when the library has the CUDA execution provider and a GPU is present, else CPU.
     #[default]
     Auto,
     /// The CPU execution provider.
     Cpu,
-    /// The CUDA execution provider; an error when it is unavailable.
-    Cuda,
+    /// The CUDA execution provider on this GPU; an error when it is unavailable.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device `{s}`: expected auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Auto => write!(f, "auto"),
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
 }
 
 /// The execution provider a session actually runs on.
@@ -45,8 +76,8 @@ pub enum Device {
 pub enum Provider {
     /// ONNX Runtime's CPU execution provider.
     Cpu,
-    /// ONNX Runtime's CUDA execution provider.
-    Cuda,
+    /// ONNX Runtime's CUDA execution provider on this GPU.
+    Cuda(usize),
 }
 
 impl Provider {
@@ -54,7 +85,7 @@ impl Provider {
     pub fn name(self) -> &'static str {
         match self {
             Provider::Cpu => "CPUExecutionProvider",
-            Provider::Cuda => "CUDAExecutionProvider",
+            Provider::Cuda(_) => "CUDAExecutionProvider",
         }
     }
 }
@@ -85,9 +116,11 @@ pub enum RuntimeError {
         /// What `ort` reported.
         reason: String,
     },
-    /// `--device cuda` was asked for but cannot be honoured.
-    #[error("--device cuda: {reason}")]
+    /// `--device cuda[:N]` was asked for but cannot be honoured.
+    #[error("--device {device}: {reason}")]
     CudaUnavailable {
+        /// What was asked for.
+        device: Device,
         /// Why not.
         reason: String,
     },
@@ -166,15 +199,16 @@ impl Runtime {
     ) -> Result<(Session, Provider), RuntimeError> {
         let provider = self.choose_provider(device)?;
         match self.try_session(model, provider, threads) {
-            Err(e) if provider == Provider::Cuda && device == Device::Auto => {
+            Err(e) if provider != Provider::Cpu && device == Device::Auto => {
                 eprintln!("extract: the CUDA execution provider failed ({e}); using the CPU");
                 Ok((
                     self.try_session(model, Provider::Cpu, threads)?,
                     Provider::Cpu,
                 ))
             }
-            Err(RuntimeError::Ort(e)) if provider == Provider::Cuda => {
+            Err(RuntimeError::Ort(e)) if provider != Provider::Cpu => {
                 Err(RuntimeError::CudaUnavailable {
+                    device,
                     reason: format!("the CUDA execution provider failed to start: {e}"),
                 })
             }
@@ -196,9 +230,12 @@ impl Runtime {
                 .with_intra_threads(threads)
                 .map_err(ort::Error::from)?;
         }
-        if provider == Provider::Cuda {
+        if let Provider::Cuda(gpu) = provider {
+            // `error_on_failure`: a provider that cannot start is an error here, never a silent
+            // run on the CPU (ONNX Runtime's default); `session` decides what `auto` does.
+            let cuda = ep::CUDA::default().with_device_id(gpu as i32);
             builder = builder
-                .with_execution_providers([ep::CUDA::default().build().error_on_failure()])
+                .with_execution_providers([cuda.build().error_on_failure()])
                 .map_err(ort::Error::from)?;
         }
         Ok(builder.commit_from_memory(model)?)
@@ -210,19 +247,21 @@ impl Runtime {
         let has_gpu = gpu_present();
         match device {
             Device::Cpu => Ok(Provider::Cpu),
-            Device::Auto if has_provider && has_gpu => Ok(Provider::Cuda),
+            Device::Auto if has_provider && has_gpu => Ok(Provider::Cuda(0)),
             Device::Auto => Ok(Provider::Cpu),
-            Device::Cuda if !has_provider => Err(RuntimeError::CudaUnavailable {
+            Device::Cuda(_) if !has_provider => Err(RuntimeError::CudaUnavailable {
+                device,
                 reason: format!(
                     "{} is a build without the CUDA execution provider (install the \
                      onnxruntime-gpu build and point ORT_DYLIB_PATH at its library)",
                     self.library.display()
                 ),
             }),
-            Device::Cuda if !has_gpu => Err(RuntimeError::CudaUnavailable {
+            Device::Cuda(_) if !has_gpu => Err(RuntimeError::CudaUnavailable {
+                device,
                 reason: "no NVIDIA GPU is visible on this machine (no /dev/nvidia0)".into(),
             }),
-            Device::Cuda => Ok(Provider::Cuda),
+            Device::Cuda(gpu) => Ok(Provider::Cuda(gpu)),
         }
     }
 }
@@ -265,31 +304,36 @@ pub fn locate_library() -> Result<PathBuf, RuntimeError> {
     })
 }
 
-/// The `onnxruntime` folders of the asset caches, most specific first, without duplicates.
+/// The library folders of the asset caches, most specific first, without duplicates: in each
+/// cache the GPU build (`onnxruntime-gpu/`, from `scripts/setup.sh --ort-gpu`) before the CPU
+/// build (`onnxruntime/`). The GPU build runs on the CPU too; its CUDA provider's libraries are
+/// only loaded when a session asks for CUDA.
 fn cache_folders() -> Vec<PathBuf> {
-    let mut folders = Vec::new();
+    let mut caches = Vec::new();
     if let Some(cache) = std::env::var_os(TINYMIM_CACHE).filter(|p| !p.is_empty()) {
-        folders.push(PathBuf::from(cache).join("onnxruntime"));
+        caches.push(PathBuf::from(cache));
     }
-    let project_cache = |root: &Path| root.join(".cache/tinymim/onnxruntime");
+    let project_cache = |root: &Path| root.join(".cache/tinymim");
     // The workspace this binary was compiled in.
     if let Some(workspace) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() {
-        folders.push(project_cache(workspace));
+        caches.push(project_cache(workspace));
     }
     // Any folder above the executable (a copied workspace, an installed tree next to a cache).
     if let Ok(exe) = std::env::current_exe() {
         for dir in exe.ancestors().skip(1) {
-            let folder = project_cache(dir);
-            if folder.is_dir() {
-                folders.push(folder);
+            let cache = project_cache(dir);
+            if cache.is_dir() {
+                caches.push(cache);
                 break;
             }
         }
     }
     let mut unique = Vec::new();
-    for f in folders {
-        if !unique.contains(&f) {
-            unique.push(f);
+    for cache in caches {
+        for folder in [cache.join("onnxruntime-gpu"), cache.join("onnxruntime")] {
+            if !unique.contains(&folder) {
+                unique.push(folder);
+            }
         }
     }
     unique
@@ -354,6 +398,26 @@ mod tests {
         }
         let lib = library_in(dir.path()).unwrap();
         assert_eq!(lib.file_name().unwrap(), "libonnxruntime.so.1.31.1");
+    }
+
+    #[test]
+    fn each_cache_offers_its_gpu_build_before_its_cpu_build() {
+        let folders = cache_folders();
+        let gpu = folders.iter().position(|f| f.ends_with(".cache/tinymim/onnxruntime-gpu"));
+        let cpu = folders.iter().position(|f| f.ends_with(".cache/tinymim/onnxruntime"));
+        assert!(gpu.is_some() && cpu.is_some(), "{folders:?}");
+        assert_eq!(gpu.unwrap() + 1, cpu.unwrap(), "{folders:?}");
+    }
+
+    #[test]
+    fn devices_parse_and_print_back() {
+        for text in ["auto", "cpu", "cuda:0", "cuda:3"] {
+            assert_eq!(text.parse::<Device>().unwrap().to_string(), text);
+        }
+        assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
+        for bad in ["gpu", "cuda:", "cuda:one", ""] {
+            assert!(bad.parse::<Device>().is_err(), "{bad}");
+        }
     }
 
     #[test]

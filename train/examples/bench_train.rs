@@ -14,15 +14,17 @@
 //! ```text
 //! cargo run --release -p tinymim-train --example bench_train -- [--steps 11] [--batch 16]
 //!     [--views 2] [--teacher-dim 384] [--teacher-depth 12] [--teacher-heads 6]
+//!     [--device cpu|cuda:N] [--precision f32|bf16|tf32] [--json]
 //! ```
 
+mod common;
 #[path = "../tests/loop_fixture/mod.rs"]
 mod loop_fixture;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::Device;
 use tinymim_train::config::VitConfig;
 use tinymim_train::distill::{Distiller, MicroBatch};
 use tinymim_train::metrics::{read_metrics, METRICS_FILE};
@@ -30,19 +32,6 @@ use tinymim_train::online::TeacherOptions;
 use tinymim_train::optim::{AdamW, AdamWConfig};
 use tinymim_train::run::{train, RunConfig, SourceConfig};
 use tinymim_train::{LrSchedule, Student, TrainRng};
-
-/// `--name value` from the command line, or `default`.
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number"))
-        })
-        .unwrap_or(default)
-}
 
 /// The asset cache's photos, if fetched.
 fn photos() -> Option<PathBuf> {
@@ -55,20 +44,22 @@ fn photos() -> Option<PathBuf> {
 
 fn main() {
     tinymim_train::heap::keep_freed_memory();
-    let steps = arg("--steps", 11) as u64;
-    let batch = arg("--batch", 16);
-    let views = arg("--views", 2) as u32;
-    let heads = arg("--teacher-heads", 6);
+    let steps = common::number("--steps", 11) as u64;
+    let batch = common::number("--batch", 16);
+    let views = common::number("--views", 2) as u32;
+    let heads = common::number("--teacher-heads", 6);
     let teacher_config = VitConfig {
-        dim: arg("--teacher-dim", 384),
-        depth: arg("--teacher-depth", 12),
+        dim: common::number("--teacher-dim", 384),
+        depth: common::number("--teacher-depth", 12),
         heads,
-        mlp_dim: 4 * arg("--teacher-dim", 384),
+        mlp_dim: 4 * common::number("--teacher-dim", 384),
         patch: 16,
         image_size: 224,
         drop_path: 0.0,
     };
     let student = VitConfig::preset("vit-tiny").unwrap();
+    let device = common::device();
+    let precision = common::precision();
     let dir = tempfile::tempdir().unwrap();
     let images = photos().unwrap_or_else(|| {
         let d = dir.path().join("images");
@@ -106,11 +97,11 @@ fn main() {
         checkpoint_every: None,
         max_steps: Some(steps),
         resume: false,
-        device: Device::Cpu,
+        device: device.clone(),
         out: dir.path().join("cache-run"),
         progress: false,
         prefetch: 4,
-        precision: tinymim_train::Precision::F32,
+        precision,
     };
     let online = RunConfig {
         source: SourceConfig::Online {
@@ -125,7 +116,9 @@ fn main() {
         out: dir.path().join("online-run"),
         ..cache.clone()
     };
-    let s = median_after_warm_up(&synthetic_step_seconds(&student, heads, batch, steps));
+    let s = median_after_warm_up(&synthetic_step_seconds(
+        &student, heads, batch, steps, &device, precision,
+    ));
     let mut measured = Vec::new();
     for (name, config) in [("cache", &cache), ("online", &online)] {
         let summary = train(config).unwrap();
@@ -134,13 +127,36 @@ fn main() {
             .iter()
             .map(|m| batch as f64 / m.views_per_s)
             .collect();
-        measured.push((name, median_after_warm_up(&seconds), summary.data_wait_s));
+        let wait_share = summary.data_wait_s / summary.seconds.max(1e-9);
+        measured.push((name, median_after_warm_up(&seconds), wait_share));
     }
     measured.push(("synthetic", s, 0.0));
-    println!("mode       s/step   views/s   data wait (all steps)   vs synthetic");
+    if common::switch("--json") {
+        for &(name, seconds, wait_share) in &measured {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "check": "training_throughput",
+                    "mode": name,
+                    "device": tinymim_train::device::describe(&device),
+                    "precision": format!("{precision:?}").to_lowercase(),
+                    "student": "vit-tiny",
+                    "batch": batch,
+                    "steps": steps,
+                    "step_s": seconds,
+                    "views_per_s": batch as f64 / seconds,
+                    "data_wait_share": wait_share,
+                    "vs_synthetic": s / seconds,
+                })
+            );
+        }
+        return;
+    }
+    println!("mode       s/step   views/s   data-wait share   vs synthetic");
     for &(name, seconds, wait) in &measured {
         println!(
-            "{name:<10} {seconds:>6.2} {:>9.2} {wait:>12.2} s {:>17.2}×",
+            "{name:<10} {seconds:>6.2} {:>9.2} {:>15.1} % {:>13.2}×",
+            wait * 100.0,
             batch as f64 / seconds,
             s / seconds
         );
@@ -183,21 +199,25 @@ fn median_after_warm_up(seconds: &[f64]) -> f64 {
 }
 
 /// Seconds of each bare step on fixed in-memory pixels and targets.
-fn synthetic_step_seconds(student: &VitConfig, heads: usize, batch: usize, steps: u64) -> Vec<f64> {
-    let device = Device::Cpu;
-    let model = Student::new(student, heads, 0, &device).unwrap();
-    let n = student.tokens();
-    let s = student.image_size;
-    let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &device).unwrap();
-    let target = |seed: f64| {
-        let logits =
-            (Tensor::randn(0f32, 1.0, (batch, heads, n, n), &device).unwrap() * seed).unwrap();
-        candle_nn::ops::softmax(&logits, D::Minus1)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-    };
-    let (qk, vv) = (target(1.0), target(2.0));
+fn synthetic_step_seconds(
+    student: &VitConfig,
+    heads: usize,
+    batch: usize,
+    steps: u64,
+    device: &Device,
+    precision: tinymim_train::Precision,
+) -> Vec<f64> {
+    let mut model = Student::new(student, heads, 0, device).unwrap();
+    model.set_precision(precision);
+    let (pixels, qk, vv) = common::random_step_inputs(
+        batch,
+        student.image_size,
+        heads,
+        student.tokens(),
+        1,
+        device,
+    )
+    .unwrap();
     let mut distiller = Distiller {
         optimizer: AdamW::new(model.params(), AdamWConfig::default()),
         student: model,
@@ -215,6 +235,7 @@ fn synthetic_step_seconds(student: &VitConfig, heads: usize, batch: usize, steps
         .map(|_| {
             let began = Instant::now();
             distiller.step(&micro).unwrap();
+            device.synchronize().unwrap();
             began.elapsed().as_secs_f64()
         })
         .collect()

@@ -1,49 +1,51 @@
-//! Times the student's hot paths on the CPU: the distillation forward (every block but the
+//! Times the student's hot paths on a device (the CPU by default): the distillation forward (every block but the
 //! last in full, the last only LN1 + qkv), a full distillation step (forward, relation loss,
 //! backward, AdamW) and the full forward of [`Student::features`], and prints images per
 //! second and the ratio of the truncated forward to the full one.
 //!
-//! `cargo run -p tinymim-train --release --example student_speed -- [preset] [batch] [relation heads]`
-//! (defaults: vit-tiny, 8, 12). Numbers from a dev build are not representative of candle's
-//! release speed except for the optimised numeric crates.
+//! `cargo run -p tinymim-train --release --example student_speed -- [--preset vit-tiny]
+//! [--batch 8] [--heads 12] [--reps 3] [--device cpu|cuda:N] [--precision f32|bf16|tf32]
+//! [--json]`. Numbers from a dev build are not representative of candle's release speed except
+//! for the optimised numeric crates.
 
 use std::time::Instant;
 
-use candle_core::{Device, Tensor, D};
-use tinymim_train::{
-    AdamW, AdamWConfig, Distiller, LrSchedule, MicroBatch, Student, TrainRng, VitConfig,
-};
+mod common;
 
-fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> f64 {
+use candle_core::Device;
+use tinymim_train::{AdamW, AdamWConfig, Distiller, LrSchedule, MicroBatch, Student, TrainRng, VitConfig};
+
+/// Seconds per call of `f`, over `reps` calls after one warm-up call, the device drained
+/// before the clock starts and stops (GPU work is asynchronous).
+fn time<T>(device: &Device, reps: usize, mut f: impl FnMut() -> T) -> f64 {
     f();
+    device.synchronize().expect("device synchronises");
     let start = Instant::now();
     for _ in 0..reps {
         f();
     }
+    device.synchronize().expect("device synchronises");
     start.elapsed().as_secs_f64() / reps as f64
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     tinymim_train::heap::keep_freed_memory();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let preset = args.first().map(String::as_str).unwrap_or("vit-tiny");
-    let batch: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(8);
-    let heads: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(12);
-    let config = VitConfig::preset(preset)?;
-    let dev = Device::Cpu;
-    let student = Student::new(&config, heads, 0, &dev)?;
-    let s = config.image_size;
+    let preset = common::flag("--preset").unwrap_or_else(|| "vit-tiny".into());
+    let batch = common::number("--batch", 8);
+    let heads = common::number("--heads", 12);
+    let reps = common::number("--reps", 3);
+    let dev = common::device();
+    let precision = common::precision();
+    tinymim_train::device::configure_gemm(precision);
+    let config = VitConfig::preset(&preset)?;
+    let mut student = Student::new(&config, heads, 0, &dev)?;
+    student.set_precision(precision);
     let n = config.tokens();
-    let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &dev)?;
-    let maps = |seed: f64| -> candle_core::Result<Tensor> {
-        let logits = (Tensor::randn(0f32, 1.0, (batch, heads, n, n), &dev)? + seed)?;
-        candle_nn::ops::softmax(&logits, D::Minus1)
-    };
-    let (t_qk, t_vv) = (maps(0.0)?, maps(1.0)?);
-    let reps = 3;
+    let (pixels, t_qk, t_vv) =
+        common::random_step_inputs(batch, config.image_size, heads, n, 0, &dev)?;
 
-    let relation = time(reps, || student.relation_logits(&pixels, None).unwrap());
-    let full = time(reps, || student.features(&pixels).unwrap());
+    let relation = time(&dev, reps, || student.relation_logits(&pixels, None).unwrap());
+    let full = time(&dev, reps, || student.features(&pixels).unwrap());
     let mut distiller = Distiller {
         optimizer: AdamW::new(student.params(), AdamWConfig::default()),
         student,
@@ -57,10 +59,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         target_qk: &t_qk,
         target_vv: &t_vv,
     }];
-    let step = time(reps, || distiller.step(&micro).unwrap());
+    let step = time(&dev, reps, || distiller.step(&micro).unwrap());
+    if common::switch("--json") {
+        println!(
+            "{}",
+            serde_json::json!({
+                "check": "student_step",
+                "engine": "candle",
+                "device": tinymim_train::device::describe(&dev),
+                "preset": preset,
+                "batch": batch,
+                "relation_heads": heads,
+                "precision": format!("{precision:?}").to_lowercase(),
+                "reps": reps,
+                "step_s": step,
+                "images_per_s": batch as f64 / step,
+                "distillation_forward_s": relation,
+                "full_forward_s": full,
+            })
+        );
+        return Ok(());
+    }
 
     println!(
-        "{preset}, batch {batch}, relation heads {heads}, N = {n}, {reps} reps after a warm-up"
+        "{preset}, batch {batch}, relation heads {heads}, N = {n}, {precision:?} on {}, {reps} \
+         reps after a warm-up",
+        tinymim_train::device::describe(&dev)
     );
     for (what, secs) in [
         ("distillation forward", relation),

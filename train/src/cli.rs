@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tinymim_train::device::DeviceSpec;
 use serde::Deserialize;
 
 use tinymim_train::config::VitConfig;
@@ -43,31 +44,6 @@ pub enum Command {
     Probe(ProbeArgs),
 }
 
-/// Where training runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DeviceArg {
-    /// The CPU.
-    Cpu,
-    /// The first CUDA GPU (needs a build with `--features cuda`).
-    Cuda,
-}
-
-impl DeviceArg {
-    /// The candle device, or a sentence saying why it is unavailable.
-    pub fn device(self) -> anyhow::Result<Device> {
-        match self {
-            DeviceArg::Cpu => Ok(Device::Cpu),
-            DeviceArg::Cuda if cfg!(feature = "cuda") => {
-                Device::new_cuda(0).context("--device cuda: no usable CUDA device")
-            }
-            DeviceArg::Cuda => bail!(
-                "--device cuda: this `train` was built without CUDA support; rebuild it with \
-                 `cargo build --release -p tinymim-train --features cuda`"
-            ),
-        }
-    }
-}
-
 /// Precision of the student's matrix products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PrecisionArg {
@@ -77,6 +53,8 @@ pub enum PrecisionArg {
     F32,
     /// Products in bfloat16 (autocast-style); parameters, norms, softmax and loss in f32.
     Bf16,
+    /// Float32 with TF32 tensor-core products on CUDA (f32 on the CPU).
+    Tf32,
 }
 
 impl PrecisionArg {
@@ -86,6 +64,7 @@ impl PrecisionArg {
             PrecisionArg::Auto => Precision::default_for(device),
             PrecisionArg::F32 => Precision::F32,
             PrecisionArg::Bf16 => Precision::Bf16,
+            PrecisionArg::Tf32 => Precision::Tf32,
         }
     }
 }
@@ -182,9 +161,10 @@ pub struct TrainArgs {
     /// Continue from RUN_DIR/checkpoint.safetensors.
     #[arg(long)]
     pub resume: bool,
-    /// Training device.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
+    /// Training device: auto (the first GPU in a CUDA build when one answers, else the CPU),
+    /// cpu, cuda or cuda:N.
+    #[arg(long, value_name = "DEVICE", default_value_t = DeviceSpec::Auto)]
+    pub device: DeviceSpec,
     /// Precision of the student's matrix products (parameters, AdamW moments, norms, softmax
     /// and the loss are always f32).
     #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]
@@ -209,9 +189,9 @@ pub struct ProbeArgs {
     /// Neighbours that vote.
     #[arg(long, default_value_t = 20)]
     pub k: usize,
-    /// Device.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    pub device: DeviceArg,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, value_name = "DEVICE", default_value_t = DeviceSpec::Auto)]
+    pub device: DeviceSpec,
 }
 
 impl ProbeArgs {
@@ -221,7 +201,7 @@ impl ProbeArgs {
             model: self.model.clone(),
             images: self.images.clone(),
             k: self.k,
-            device: self.device.device()?,
+            device: self.device.open()?,
         })
     }
 }
@@ -332,7 +312,7 @@ impl TrainArgs {
             },
             (None, None) => bail!("pass --cache STORE or --teacher CHECKPOINT"),
         };
-        let device = self.device.device()?;
+        let device = self.device.open()?;
         Ok(RunConfig {
             source,
             images: self.images.clone(),

@@ -68,16 +68,17 @@ impl Distiller {
         let lr = self.schedule.lr_at(self.step);
         let share = 1.0 / micro.len() as f64;
         let mut grads = Gradients::default();
-        let (mut loss_qk, mut loss_vv) = (0.0, 0.0);
+        // The loss terms stay on the device until the step is queued: one read-back per step
+        // (below), not two per micro-batch, so a GPU never waits for the host mid-step.
+        let mut parts = Vec::with_capacity(2 * micro.len());
         for batch in micro {
             let (qk, vv) = self
                 .student
                 .relation_logits(batch.pixels, Some(&mut self.rng))?;
             let (l_qk, l_vv) = relation_loss_parts(&qk, &vv, batch.target_qk, batch.target_vv)?;
-            loss_qk += l_qk.to_scalar::<f32>()? as f64 * share;
-            loss_vv += l_vv.to_scalar::<f32>()? as f64 * share;
-            let l = ((l_qk + l_vv)? * share)?;
+            let l = ((&l_qk + &l_vv)? * share)?;
             grads.accumulate(Gradients::collect(self.student.params(), &l.backward()?))?;
+            parts.extend([l_qk.detach(), l_vv.detach()]);
         }
         let grad_norm = match self.clip_grad {
             Some(max) => grads.clip_global_norm(max)?,
@@ -85,6 +86,9 @@ impl Distiller {
         };
         self.optimizer.step(&grads, lr)?;
         self.step += 1;
+        let parts = Tensor::stack(&parts, 0)?.to_vec1::<f32>()?;
+        let mean = |first: usize| parts[first..].iter().step_by(2).map(|&l| l as f64).sum::<f64>() * share;
+        let (loss_qk, loss_vv) = (mean(0), mean(1));
         Ok(StepReport {
             loss: loss_qk + loss_vv,
             loss_qk,

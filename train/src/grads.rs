@@ -50,16 +50,18 @@ impl Gradients {
         Ok(())
     }
 
-    /// The global L2 norm over every gradient, √(Σ‖g‖²), accumulated in f64.
+    /// The global L2 norm over every gradient, √(Σ‖g‖²), accumulated in f64. The per-tensor
+    /// sums stay on the gradients' device and are read back once, together.
     pub fn global_norm(&self) -> Result<f64> {
-        let mut sum = 0f64;
-        for g in self.grads.values() {
-            sum += g
-                .sqr()?
-                .sum_all()?
-                .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?;
+        let squares = self
+            .grads
+            .values()
+            .map(|g| g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        if squares.is_empty() {
+            return Ok(0.0);
         }
+        let sum = Tensor::stack(&squares, 0)?.sum_all()?.to_scalar::<f64>()?;
         Ok(sum.sqrt())
     }
 

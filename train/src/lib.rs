@@ -8,6 +8,7 @@ mod atomic;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod distill;
 pub mod error;
 pub mod export;

@@ -23,7 +23,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{report}");
         }
         None => {
-            let summary = tinymim_train::run::train(&cli.train.config()?)?;
+            let config = cli.train.config()?;
+            if config.progress {
+                eprintln!(
+                    "train: device {}, {:?} products",
+                    tinymim_train::device::describe(&config.device),
+                    config.precision
+                );
+            }
+            let summary = tinymim_train::run::train(&config)?;
             println!("{summary}");
         }
     }

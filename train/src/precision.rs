@@ -19,6 +19,9 @@ pub enum Precision {
     F32,
     /// Products in bfloat16 (autocast-style), everything else float32.
     Bf16,
+    /// Float32 operands with TF32 tensor-core products on CUDA (PyTorch's `allow_tf32`); the
+    /// same as [`Precision::F32`] on the CPU. Set by [`crate::device::configure_gemm`].
+    Tf32,
 }
 
 impl Precision {
@@ -35,7 +38,7 @@ impl Precision {
     /// The dtype products run in.
     pub fn dtype(self) -> DType {
         match self {
-            Precision::F32 => DType::F32,
+            Precision::F32 | Precision::Tf32 => DType::F32,
             Precision::Bf16 => DType::BF16,
         }
     }
@@ -44,7 +47,7 @@ impl Precision {
     /// in this precision, returned as float32.
     pub fn matmul(self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Precision::F32 => a.broadcast_matmul(b)?,
+            Precision::F32 | Precision::Tf32 => a.broadcast_matmul(b)?,
             Precision::Bf16 => a
                 .to_dtype(DType::BF16)?
                 .broadcast_matmul(&b.to_dtype(DType::BF16)?)?

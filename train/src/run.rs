@@ -547,6 +547,7 @@ pub fn train_prepared(config: &RunConfig, prepared: &Prepared) -> Result<RunSumm
     let state_json = serde_json::to_value(&state).expect("loop state serialises");
     let mut distiller = starting_point(config, prepared, &state)?;
     distiller.student.set_precision(config.precision);
+    crate::device::configure_gemm(config.precision);
     let start = distiller.step;
     let total = config.epochs * prepared.plan.steps_per_epoch();
     let end = config.max_steps.map_or(total, |m| m.min(total)).max(start);

@@ -70,6 +70,14 @@ pub struct TensorNames {
     pub v: String,
     /// The target block's normalised input `[B, N, D]` (needed for the `ln1` encoding).
     pub ln1: Option<String>,
+    /// The target block's R_QK `[B, H, N, N]` (softmax over keys), when the graph computes it.
+    /// With `r_vv` too, the `maps` encoding stores the graph's own maps (computed where the
+    /// teacher runs, on the GPU under CUDA) instead of forming them from q, k, v on the host.
+    #[serde(default)]
+    pub r_qk: Option<String>,
+    /// The target block's R_VV `[B, H, N, N]`, when the graph computes it (see `r_qk`).
+    #[serde(default)]
+    pub r_vv: Option<String>,
 }
 
 /// Initializer names of the target block's qkv projection (needed for the `ln1` encoding).

@@ -169,6 +169,10 @@ pub struct TeacherOptions {
     pub threads: Option<usize>,
     /// Further tensors to fetch with every batch (checks and diagnostics), float32.
     pub extra_outputs: Vec<String>,
+    /// Fetch the graph's own relation maps with every batch when it computes them (the teacher
+    /// names `r_qk` and `r_vv`; every teacher exported by `extract teacher` does), for the
+    /// `maps` encoding. Off, those nodes are pruned from the graph and never run.
+    pub relation_maps: bool,
 }
 
 /// One batch of teacher outputs, in the layout the encodings need.
@@ -182,6 +186,9 @@ pub struct TeacherBatch {
     pub v: Array4<f32>,
     /// The target block's normalised input `[B, N, D]`, when the teacher provides it.
     pub ln1: Option<Array3<f32>>,
+    /// The graph's own R_QK and R_VV `[B, H, N, N]`, with [`TeacherOptions::relation_maps`]
+    /// and a teacher that computes them.
+    pub maps: Option<(Array4<f32>, Array4<f32>)>,
     /// The [`TeacherOptions::extra_outputs`], in order.
     pub extra: Vec<ArrayD<f32>>,
 }
@@ -207,6 +214,8 @@ pub struct Teacher {
     session: Session,
     provider: Provider,
     extra_outputs: Vec<String>,
+    /// The graph outputs holding R_QK and R_VV, when fetched.
+    maps: Option<(String, String)>,
 }
 
 impl Teacher {
@@ -242,6 +251,14 @@ impl Teacher {
         if let Some(ln1) = &config.tensors.ln1 {
             outputs.push((ln1, "tensors.ln1"));
         }
+        let maps = match (&config.tensors.r_qk, &config.tensors.r_vv) {
+            (Some(qk), Some(vv)) if options.relation_maps => Some((qk.clone(), vv.clone())),
+            _ => None,
+        };
+        if let Some((qk, vv)) = &maps {
+            outputs.push((qk, "tensors.r_qk"));
+            outputs.push((vv, "tensors.r_vv"));
+        }
         for extra in &options.extra_outputs {
             outputs.push((extra, "an extra output"));
         }
@@ -266,6 +283,7 @@ impl Teacher {
             session,
             provider,
             extra_outputs: options.extra_outputs.clone(),
+            maps,
         };
         let zeros = vec![0.0; teacher.pixels_per_view()];
         teacher.run(&zeros, 1)?;
@@ -378,11 +396,22 @@ impl Teacher {
             .iter()
             .map(|name| fetch(name).map(|a| a.to_owned()))
             .collect::<Result<Vec<_>, _>>()?;
+        let (h, n) = (g.heads as usize, g.tokens as usize);
+        let map = |name: &str, role: &str| -> Result<Array4<f32>, TeacherError> {
+            let a = fetch(name)?;
+            check_shape(&a, &[batch, h, n, n], name, role, "[B, H, N, N]", &g)?;
+            Ok(a.into_dimensionality::<Ix4>().expect("checked").to_owned())
+        };
+        let maps = match &self.maps {
+            Some((qk, vv)) => Some((map(qk, "r_qk")?, map(vv, "r_vv")?)),
+            None => None,
+        };
         Ok(TeacherBatch {
             q: q?,
             k: k?,
             v: v?,
             ln1,
+            maps,
             extra,
         })
     }
@@ -485,6 +514,8 @@ fn contract_config(graph: &OnnxGraph) -> Result<TeacherConfig, TeacherError> {
             k: contract::K.to_string(),
             v: contract::V.to_string(),
             ln1: Some(contract::LN1.to_string()),
+            r_qk: Some(contract::R_QK.to_string()),
+            r_vv: Some(contract::R_VV.to_string()),
         },
         qkv: Some(QkvInitializers {
             weight_layout: Some(WeightLayout::OutIn),

@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Validates and times the GPU paths in one call, on a GPU machine that has no network: it only
+# runs what was built and prepared elsewhere (scripts/build-cuda.sh, `--prepare`).
+#
+#   scripts/gpu_check.sh --prepare              here: build the check's data (a real DINOv2-S
+#                                               `ln1` store of the bundled photos) into
+#                                               target/cuda/gpu-check/
+#   scripts/gpu_check.sh                        on the GPU machine, with target/cuda/dist and
+#                                               target/cuda/gpu-check carried there
+#   scripts/gpu_check.sh --dry-run              the same steps at tiny sizes on the CPU (CI)
+#
+# Steps, each one JSON line in $OUT/gpu_check.jsonl, all of them in $OUT/gpu_check.json:
+#   1. step parity: the CUDA step vs the CPU step, f32 (1e-4) and bf16 (2e-2), loss and every
+#      gradient (device_check);
+#   2. training from the store on the device vs the CPU, same seed and command: both losses
+#      fall, and per step they agree (train);
+#   3. the student step for vit-tiny/small/base at batch 256/256/128 in f32 and bf16, candle vs
+#      PyTorch eager and torch.compile on the same model, batch and precision (student_speed,
+#      bench_torch_step.py);
+#   4. training from a store vs synthetic targets: views/s and the data-wait share (bench_train);
+#   5. the teacher: ONNX Runtime's CUDA provider is not carried (libonnxruntime_providers_cuda.so
+#      alone is 284 MB, over the 64 MiB a call carries), so the exported teacher graph's
+#      computation (MAE ViT-L to block 18, maps included) runs in PyTorch for the extraction
+#      rate (bench_torch_teacher.py).
+# The PyTorch steps run where `import torch, timm` works and are recorded as skipped elsewhere.
+# Options: --bin DIR (binaries, default target/cuda/dist), --out DIR (default $OUT, else
+# runs/gpu_check), --device D (default cuda:0; cpu with --dry-run).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+mode=gpu
+bin="$root/target/cuda/dist"
+out="${OUT:-$root/runs/gpu_check}"
+device=cuda:0
+data="$root/target/cuda/gpu-check"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prepare) mode=prepare ;;
+    --dry-run) mode=dry; device=cpu ;;
+    --bin) bin="$2"; shift ;;
+    --out) out="$2"; shift ;;
+    --device) device="$2"; shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+log() { printf 'gpu_check: %s\n' "$*" >&2; }
+
+if [ "$mode" = prepare ]; then
+  cache="${TINYMIM_CACHE:-$root/.cache/tinymim}"
+  extract="$root/target/release/extract"
+  [ -x "$extract" ] || extract="$root/target/debug/extract"
+  [ -x "$extract" ] || { log "no extract binary: run cargo build --release --bins first"; exit 1; }
+  rm -rf "$data"
+  mkdir -p "$data"
+  cp -r "$cache/photos" "$data/photos"
+  "$extract" --teacher "$cache/teachers/vit_s_focus.onnx" --config configs/teachers/dinov2-small.toml \
+    --images "$data/photos" --views 4 --encoding ln1 --out "$data/relations.zarr" --quiet >/dev/null
+  log "prepared $data ($(du -sh "$data" | cut -f1)): carry it with $bin"
+  exit 0
+fi
+
+[ -d "$data/relations.zarr" ] || { log "no check data in $data: run scripts/gpu_check.sh --prepare first"; exit 1; }
+for b in train device_check student_speed bench_train; do
+  [ -x "$bin/$b" ] || { log "missing $bin/$b: build it with scripts/build-cuda.sh"; exit 1; }
+done
+mkdir -p "$out"
+jsonl="$out/gpu_check.jsonl"
+: > "$jsonl"
+began=$(date +%s)
+
+# The CUDA runtime libraries the binaries need (cuBLAS, cuRAND, NVRTC, cudart): PyTorch's
+# nvidia-* wheels on a GPU machine; in a dry run without them, the build's stubs, so that the
+# very binaries that travel to the GPU are the ones checked here on the CPU.
+libs="$(python3 - <<'PY' 2>/dev/null || true
+import glob, os, site
+dirs = set()
+for sp in site.getsitepackages() + [site.getusersitepackages()]:
+    for lib in glob.glob(os.path.join(sp, "nvidia", "**", "lib*.so*"), recursive=True):
+        if any(n in os.path.basename(lib) for n in ("cublas", "curand", "nvrtc", "cudart")):
+            dirs.add(os.path.dirname(lib))
+print(":".join(sorted(dirs)))
+PY
+)"
+if [ -z "$libs" ] && [ -d "$root/target/cuda/stubs/lib" ]; then
+  libs="$root/target/cuda/stubs/lib"
+fi
+export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+python3 - "$jsonl" "$mode" "$device" "$LD_LIBRARY_PATH" <<'PY'
+import json, os, subprocess, sys
+jsonl, mode, device, libs = sys.argv[1:]
+gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                     capture_output=True, text=True) if mode == "gpu" else None
+line = {"check": "environment", "mode": mode, "device": device, "cores": os.cpu_count(),
+        "gpu": gpu.stdout.strip() if gpu and gpu.returncode == 0 else None,
+        "ld_library_path": libs}
+open(jsonl, "a").write(json.dumps(line) + "\n")
+PY
+
+# Runs a step that prints JSON lines; a failing step is recorded and the script goes on, so one
+# failure does not cost the other figures (the exit status says whether any failed).
+failures=0
+step() {
+  local name=$1; shift
+  log "$name: $*"
+  local t0=$SECONDS
+  if "$@" > "$out/$name.out" 2> "$out/$name.err"; then
+    grep '^{' "$out/$name.out" >> "$jsonl" || true
+  else
+    failures=$((failures + 1))
+    grep '^{' "$out/$name.out" >> "$jsonl" || true
+    printf '{"check": "%s", "failed": true, "stderr_tail": %s}\n' "$name" \
+      "$(tail -c 800 "$out/$name.err" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')" >> "$jsonl"
+    log "$name FAILED (see $out/$name.err)"
+  fi
+  log "$name: $((SECONDS - t0)) s"
+}
+
+if [ "$mode" = dry ]; then
+  sizes=("vit-tiny 2" "vit-small 1" "vit-base 1"); reps=1; parity_batch=2
+  steps=3; bench=(--steps 2 --batch 2 --views 1); teacher=(--arch vit-small --block 2 --batch 2 --iters 1 --device cpu)
+else
+  sizes=("vit-tiny 256" "vit-small 256" "vit-base 128"); reps=5; parity_batch=8
+  steps=30; bench=(--steps 21 --batch 128 --views 4); teacher=(--arch vit-large --block 18 --batch 64 --iters 10 --device "$device")
+fi
+
+# 1. Step parity.
+step parity "$bin/device_check" --device "$device" --preset vit-tiny --batch "$parity_batch" --heads 6
+
+# 2. Training from the store: the same command on the device and on the CPU.
+train_on() {
+  local dev=$1
+  rm -rf "$out/train-$dev"
+  "$bin/train" --cache "$data/relations.zarr" --images "$data/photos" --student vit-tiny \
+    --image-size 256 --epochs 100 --warmup-epochs 1 --batch 8 --base-lr 1e-3 --max-steps "$steps" \
+    --precision f32 --no-jitter --device "$dev" --quiet --out "$out/train-$dev" >/dev/null
+}
+compare_training() {
+  train_on "$device"
+  [ "$device" = cpu ] || train_on cpu
+  python3 - "$out" "$device" <<'PY'
+import json, sys
+out, device = sys.argv[1:]
+def losses(dev):
+    return [json.loads(l)["loss"] for l in open(f"{out}/train-{dev}/metrics.jsonl") if l.strip()]
+dev, cpu = losses(device), losses("cpu")
+tail = lambda l: sum(l[-3:]) / len(l[-3:])
+gap = max(abs(a - b) / abs(b) for a, b in zip(dev, cpu))
+ok = len(dev) == len(cpu) and tail(dev) < dev[0] and tail(cpu) < cpu[0] and gap < 1e-2
+print(json.dumps({"check": "train_from_store", "device": device, "steps": len(dev),
+                  "loss_first": dev[0], "loss_last3": tail(dev), "cpu_loss_first": cpu[0],
+                  "cpu_loss_last3": tail(cpu), "max_step_rel_gap": gap, "pass": ok}))
+sys.exit(0 if ok else 1)
+PY
+}
+step train_from_store compare_training
+
+# 3. The student step, candle vs PyTorch, same model, batch and precision.
+has_torch=0
+python3 -c 'import torch, timm' 2>/dev/null && has_torch=1
+for size in "${sizes[@]}"; do
+  read -r preset batch <<< "$size"
+  for precision in f32 bf16; do
+    step "step-candle-$preset-$precision" "$bin/student_speed" --device "$device" --preset "$preset" \
+      --batch "$batch" --heads 6 --reps "$reps" --precision "$precision" --json
+    if [ "$has_torch" = 1 ]; then
+      tdev=$([ "$device" = cpu ] && echo cpu || echo cuda)
+      step "step-torch-$preset-$precision" python3 scripts/bench_torch_step.py --device "$tdev" \
+        --preset "$preset" --batch "$batch" --heads 6 --iters "$reps" --precision "$precision" --json
+      step "step-torchcompile-$preset-$precision" timeout 240 python3 scripts/bench_torch_step.py \
+        --device "$tdev" --preset "$preset" --batch "$batch" --heads 6 --iters "$reps" \
+        --precision "$precision" --compile --json
+    fi
+  done
+done
+[ "$has_torch" = 1 ] || echo '{"check": "pytorch", "skipped": "import torch, timm fails on this machine"}' >> "$jsonl"
+
+# 4. Training from a store vs synthetic targets.
+for precision in f32 bf16; do
+  step "throughput-$precision" "$bin/bench_train" --device "$device" --precision "$precision" "${bench[@]}" --json
+done
+
+# 5. The teacher's computation on the GPU (PyTorch; see the header).
+if [ "$has_torch" = 1 ]; then
+  for precision in f32 bf16; do
+    step "teacher-$precision" python3 scripts/bench_torch_teacher.py "${teacher[@]}" --precision "$precision" --json
+  done
+fi
+
+python3 - "$jsonl" "$out/gpu_check.json" "$failures" "$(( $(date +%s) - began ))" <<'PY'
+import json, sys
+jsonl, path, failures, wall = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+lines = [json.loads(l) for l in open(jsonl) if l.strip()]
+steps = {}
+for l in lines:
+    if l.get("check") == "student_step":
+        steps.setdefault((l["preset"], l["batch"], l["precision"]), {})[l["engine"]] = l["images_per_s"]
+ratios = [{"preset": p, "batch": b, "precision": pr, "images_per_s": e,
+           "candle_vs_pytorch_eager": e["candle"] / e["pytorch-eager"] if "pytorch-eager" in e else None,
+           "candle_vs_torch_compile": e["candle"] / e["pytorch-compile"] if "pytorch-compile" in e else None}
+          for (p, b, pr), e in sorted(steps.items())]
+report = {"figures": lines, "step_ratios": ratios, "failed_steps": failures, "wall_s": wall}
+json.dump(report, open(path, "w"), indent=1)
+for r in ratios:
+    print(f"{r['preset']:<10} b{r['batch']:<4} {r['precision']:<5} candle {r['images_per_s']['candle']:9.1f} img/s"
+          f"  vs eager {r['candle_vs_pytorch_eager'] or float('nan'):.2f}  vs compile {r['candle_vs_torch_compile'] or float('nan'):.2f}")
+print(f"gpu_check: {len(lines)} figures, {failures} failed steps, {wall} s; wrote {path}")
+PY
+[ "$failures" = 0 ]
