@@ -23,7 +23,8 @@
 #      computation (MAE ViT-L to block 18, maps included) runs in PyTorch for the extraction
 #      rate (bench_torch_teacher.py).
 # The PyTorch steps run where `import torch, timm` works and are recorded as skipped elsewhere.
-# Options: --bin DIR (binaries, default target/cuda/dist), --out DIR (default $OUT, else
+# Options: --bin DIR (binaries, default target/cuda/dist; a cargo profile folder such as
+# target/debug works too), --out DIR (default $OUT, else
 # runs/gpu_check), --device D (default cuda:0; cpu with --dry-run).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -63,8 +64,10 @@ if [ "$mode" = prepare ]; then
 fi
 
 [ -d "$data/relations.zarr" ] || { log "no check data in $data: run scripts/gpu_check.sh --prepare first"; exit 1; }
+# A binary of $bin: there (dist/), or in its examples/ (a cargo profile folder such as target/debug).
+exe() { if [ -x "$bin/$1" ]; then echo "$bin/$1"; else echo "$bin/examples/$1"; fi; }
 for b in train device_check student_speed bench_train; do
-  [ -x "$bin/$b" ] || { log "missing $bin/$b: build it with scripts/build-cuda.sh"; exit 1; }
+  [ -x "$(exe $b)" ] || { log "missing $b in $bin: build it with scripts/build-cuda.sh"; exit 1; }
 done
 mkdir -p "$out"
 jsonl="$out/gpu_check.jsonl"
@@ -127,13 +130,30 @@ else
 fi
 
 # 1. Step parity.
-step parity "$bin/device_check" --device "$device" --preset vit-tiny --batch "$parity_batch" --heads 6
+step parity "$(exe device_check)" --device "$device" --preset vit-tiny --batch "$parity_batch" --heads 6
+
+# 1b. Dry run only: asking this build for a GPU where there is none fails with a sentence.
+cuda_refused() {
+  local err="$out/cuda-refused.txt"
+  if "$(exe train)" --cache "$data/relations.zarr" --images "$data/photos" --image-size 256 \
+      --epochs 1 --warmup-epochs 0 --max-steps 1 --device cuda:0 --quiet --out "$out/refused" 2> "$err"; then
+    echo "train --device cuda:0 succeeded on a machine without a GPU" >&2; return 1
+  fi
+  python3 - "$err" <<'PY'
+import json, sys
+message = open(sys.argv[1]).read().strip()
+ok = "no usable CUDA device" in message or "built without CUDA support" in message
+print(json.dumps({"check": "cuda_refused_without_gpu", "message": message, "pass": ok}))
+sys.exit(0 if ok else 1)
+PY
+}
+[ "$mode" = dry ] && step cuda_refused cuda_refused
 
 # 2. Training from the store: the same command on the device and on the CPU.
 train_on() {
   local dev=$1
   rm -rf "$out/train-$dev"
-  "$bin/train" --cache "$data/relations.zarr" --images "$data/photos" --student vit-tiny \
+  "$(exe train)" --cache "$data/relations.zarr" --images "$data/photos" --student vit-tiny \
     --image-size 256 --epochs 100 --warmup-epochs 1 --batch 8 --base-lr 1e-3 --max-steps "$steps" \
     --precision f32 --no-jitter --device "$dev" --quiet --out "$out/train-$dev" >/dev/null
 }
@@ -163,7 +183,7 @@ python3 -c 'import torch, timm' 2>/dev/null && has_torch=1
 for size in "${sizes[@]}"; do
   read -r preset batch <<< "$size"
   for precision in f32 bf16; do
-    step "step-candle-$preset-$precision" "$bin/student_speed" --device "$device" --preset "$preset" \
+    step "step-candle-$preset-$precision" "$(exe student_speed)" --device "$device" --preset "$preset" \
       --batch "$batch" --heads 6 --reps "$reps" --precision "$precision" --json
     if [ "$has_torch" = 1 ]; then
       tdev=$([ "$device" = cpu ] && echo cpu || echo cuda)
@@ -179,7 +199,7 @@ done
 
 # 4. Training from a store vs synthetic targets.
 for precision in f32 bf16; do
-  step "throughput-$precision" "$bin/bench_train" --device "$device" --precision "$precision" "${bench[@]}" --json
+  step "throughput-$precision" "$(exe bench_train)" --device "$device" --precision "$precision" "${bench[@]}" --json
 done
 
 # 5. The teacher's computation on the GPU (PyTorch; see the header).

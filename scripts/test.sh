@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test suite, from a fresh machine: fetches the pinned assets (ONNX Runtime, the real
-# teacher, real photos, zarr-python) into .cache/tinymim, then builds and runs every test.
+# teacher, real photos, zarr-python, the CUDA 13.0 toolkit) into .cache/tinymim, builds and
+# runs every test, and builds the GPU binaries and checks them on the CPU (no GPU needed).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -8,4 +9,10 @@ scripts/setup.sh
 export TINYMIM_CACHE="${TINYMIM_CACHE:-$root/.cache/tinymim}"
 # The end-to-end tests drive the real binaries: build them first, in the same profile.
 cargo build --workspace --bins --locked
+# The GPU binaries compile and link on every run (scripts/build-cuda.sh: toolkit from PyPI,
+# stub CUDA libraries), and the GPU check runs end to end in its dry mode: the same steps at
+# tiny sizes on the CPU, driving those very binaries (linked against the stubs here).
+scripts/build-cuda.sh
+scripts/gpu_check.sh --prepare
+scripts/gpu_check.sh --dry-run --out "$root/target/gpu-check-dry"
 cargo test --workspace --locked "$@"

@@ -43,8 +43,10 @@ fn tiny_teacher(dir: &Path) -> PathBuf {
 fn an_exported_teacher_needs_no_config_and_its_maps_match_its_own_graph() {
     let dir = tempfile::tempdir().unwrap();
     let onnx = tiny_teacher(dir.path());
+    // The maps as the `maps` encoding fetches them (`relation_maps`), and once more by name.
     let options = TeacherOptions {
         extra_outputs: vec![contract::R_QK.into(), contract::R_VV.into()],
+        relation_maps: true,
         ..Default::default()
     };
     let mut teacher = Teacher::load(&onnx, None, &options).unwrap();
@@ -74,8 +76,10 @@ fn an_exported_teacher_needs_no_config_and_its_maps_match_its_own_graph() {
         batch.k.slice(s![0, .., .., ..]),
         batch.v.slice(s![0, .., .., ..]),
     );
-    for (m, graph) in batch.extra.iter().enumerate() {
-        let graph = graph.clone().into_dimensionality::<Ix4>().unwrap();
+    let (fetched_qk, fetched_vv) = batch.maps.clone().expect("relation_maps fetches the maps");
+    let by_name = batch.extra.iter().map(|g| g.clone().into_dimensionality::<Ix4>().unwrap());
+    for (m, graph) in [fetched_qk, fetched_vv].into_iter().chain(by_name).enumerate() {
+        let m = m % 2;
         let diff = (&ours.index_axis(Axis(0), m) - &graph.index_axis(Axis(0), 0))
             .iter()
             .fold(0.0f32, |a, d| a.max(d.abs()));

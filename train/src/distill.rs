@@ -1,7 +1,7 @@
 //! One distillation step: relation loss over micro-batches, accumulated gradients, optional
 //! clipping, an AdamW update at the scheduled learning rate.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::error::{Result, TrainError};
 use crate::grads::Gradients;
@@ -68,8 +68,8 @@ impl Distiller {
         let lr = self.schedule.lr_at(self.step);
         let share = 1.0 / micro.len() as f64;
         let mut grads = Gradients::default();
-        // The loss terms stay on the device until the step is queued: one read-back per step
-        // (below), not two per micro-batch, so a GPU never waits for the host mid-step.
+        // The loss terms stay on the device: the step reads back once (below), not twice per
+        // micro-batch and once per gradient, so a GPU never waits for the host mid-step.
         let mut parts = Vec::with_capacity(2 * micro.len());
         for batch in micro {
             let (qk, vv) = self
@@ -80,14 +80,27 @@ impl Distiller {
             grads.accumulate(Gradients::collect(self.student.params(), &l.backward()?))?;
             parts.extend([l_qk.detach(), l_vv.detach()]);
         }
-        let grad_norm = match self.clip_grad {
-            Some(max) => grads.clip_global_norm(max)?,
-            None => grads.global_norm()?,
+        // The step's one read-back: the loss terms and the squared gradient norm together.
+        let loss_parts = parts.len();
+        let squared_norm = grads.squared_norm()?;
+        let mut read = vec![Tensor::stack(&parts, 0)?.to_dtype(DType::F64)?];
+        if let Some(sum) = &squared_norm {
+            read.push(sum.reshape(1)?);
+        }
+        let values = Tensor::cat(&read, 0)?.to_vec1::<f64>()?;
+        let grad_norm = if squared_norm.is_some() {
+            values[loss_parts].sqrt()
+        } else {
+            0.0
         };
+        if let Some(max) = self.clip_grad {
+            grads.clip_to_norm(max, grad_norm)?;
+        }
         self.optimizer.step(&grads, lr)?;
         self.step += 1;
-        let parts = Tensor::stack(&parts, 0)?.to_vec1::<f32>()?;
-        let mean = |first: usize| parts[first..].iter().step_by(2).map(|&l| l as f64).sum::<f64>() * share;
+        let mean = |first: usize| {
+            values[first..loss_parts].iter().step_by(2).sum::<f64>() * share
+        };
         let (loss_qk, loss_vv) = (mean(0), mean(1));
         Ok(StepReport {
             loss: loss_qk + loss_vv,

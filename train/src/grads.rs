@@ -50,32 +50,45 @@ impl Gradients {
         Ok(())
     }
 
-    /// The global L2 norm over every gradient, √(Σ‖g‖²), accumulated in f64. The per-tensor
-    /// sums stay on the gradients' device and are read back once, together.
-    pub fn global_norm(&self) -> Result<f64> {
+    /// Σ‖g‖² over every gradient as an f64 scalar tensor on the gradients' device, computed
+    /// there without reading anything back (`None` without gradients): the step reads it back
+    /// together with its loss.
+    pub fn squared_norm(&self) -> Result<Option<Tensor>> {
         let squares = self
             .grads
             .values()
             .map(|g| g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64))
             .collect::<candle_core::Result<Vec<_>>>()?;
         if squares.is_empty() {
-            return Ok(0.0);
+            return Ok(None);
         }
-        let sum = Tensor::stack(&squares, 0)?.sum_all()?.to_scalar::<f64>()?;
-        Ok(sum.sqrt())
+        Ok(Some(Tensor::stack(&squares, 0)?.sum_all()?))
     }
 
-    /// Scales every gradient so that the global norm is at most `max_norm` (PyTorch's
-    /// `clip_grad_norm_`: factor max_norm / (norm + 1e-6), only when below 1). Returns the
-    /// norm before clipping.
-    pub fn clip_global_norm(&mut self, max_norm: f64) -> Result<f64> {
-        let norm = self.global_norm()?;
+    /// The global L2 norm over every gradient, √(Σ‖g‖²), accumulated in f64.
+    pub fn global_norm(&self) -> Result<f64> {
+        Ok(match self.squared_norm()? {
+            Some(sum) => sum.to_scalar::<f64>()?.sqrt(),
+            None => 0.0,
+        })
+    }
+
+    /// Scales every gradient so that a global norm of `norm` becomes at most `max_norm`
+    /// (PyTorch's `clip_grad_norm_`: factor max_norm / (norm + 1e-6), only when below 1).
+    pub fn clip_to_norm(&mut self, max_norm: f64, norm: f64) -> Result<()> {
         let factor = max_norm / (norm + 1e-6);
         if factor < 1.0 {
             for g in self.grads.values_mut() {
                 *g = (&*g * factor)?;
             }
         }
+        Ok(())
+    }
+
+    /// [`Gradients::clip_to_norm`] at the gradients' own global norm, which it returns.
+    pub fn clip_global_norm(&mut self, max_norm: f64) -> Result<f64> {
+        let norm = self.global_norm()?;
+        self.clip_to_norm(max_norm, norm)?;
         Ok(norm)
     }
 }
