@@ -5,7 +5,9 @@
 #
 #   target/cuda/release/train            `train` with candle's CUDA backend (--device cuda[:N])
 #   target/cuda/release/examples/...     student_speed, bench_train, device_check (GPU checks)
-#   target/cuda/dist/                    the same, stripped, ready to copy to a GPU machine
+#   target/cuda/dist/                    the same, stripped (about 55 MB each: the kernels' PTX)
+#   target/cuda/carry/                   the same, xz-compressed (about 9 MB each), to copy to a
+#                                        GPU machine; scripts/gpu_check.sh unpacks them there
 #
 # The kernels are compiled for compute capability $CUDA_COMPUTE_CAP (default 90: Hopper,
 # H100/H200; 80 builds PTX that Ampere and Hopper both load). At run time the binary needs the
@@ -14,16 +16,31 @@
 # path: scripts/cuda-libs.sh prints that path from an installed PyTorch or the nvidia-* wheels.
 # `extract` needs no CUDA build: its CUDA execution provider comes from the onnxruntime-gpu
 # library it loads at run time.
+#
+# --check (what the test command runs on every CI run): the same sources, features, kernels and
+# link, built faster for checking than for running on a GPU: the dev profile in the workspace's
+# own target folder (so every crate that does not depend on candle is shared with the CPU build),
+# device code unoptimised (nvcc -Xcicc -O0 -Xptxas -O0); stripped copies in
+# target/cuda-check/dist/. It leaves the CUDA binaries in target/debug/: rebuild the CPU ones
+# after it (`cargo build --workspace --bins`, which only relinks them).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+profile=release
+target="$root/target/cuda"   # cargo's target folder
+work="$target"               # stubs/, dist/ and carry/
+case "${1:-}" in
+  --check) profile=dev; target="$root/target"; work="$root/target/cuda-check"
+           export NVCC_APPEND_FLAGS="-Xcicc -O0 -Xptxas -O0${NVCC_APPEND_FLAGS:+ $NVCC_APPEND_FLAGS}" ;;
+  "") ;;
+  *) echo "build-cuda: unknown option $1 (known: --check)" >&2; exit 2 ;;
+esac
 scripts/setup.sh --cuda
 cache="${TINYMIM_CACHE:-$root/.cache/tinymim}"
 toolkit="$cache/cuda/13.0"
-target="$root/target/cuda"
-stubs="$target/stubs"
+stubs="$work/stubs"
 
-cudarc_src="$(cargo metadata --locked --format-version 1 | python3 -c '
+cudarc_src="$(cargo metadata --locked --format-version 1 --features tinymim-train/cuda | python3 -c '
 import json, os, sys
 meta = json.load(sys.stdin)
 [pkg] = [p for p in meta["packages"] if p["name"] == "cudarc"]
@@ -36,16 +53,23 @@ export CUDA_ROOT="$stubs"            # cudarc: link search for the stubs (lib/)
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 export LIBRARY_PATH="$stubs/lib:$toolkit/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
 began=$(date +%s)
-cargo build --release --locked -p tinymim-train --features cuda --bins \
+cargo build --profile "$profile" --locked -p tinymim-train --features cuda --bins \
   --example student_speed --example bench_train --example device_check --target-dir "$target"
-echo "build-cuda: built in $(( $(date +%s) - began )) s for compute capability $CUDA_COMPUTE_CAP"
+echo "build-cuda: built ($profile profile) in $(( $(date +%s) - began )) s for compute capability $CUDA_COMPUTE_CAP"
 
-dist="$target/dist"
+out_dir="$target/$([ "$profile" = dev ] && echo debug || echo "$profile")"
+dist="$work/dist"
 mkdir -p "$dist"
-for bin in release/train release/examples/student_speed release/examples/bench_train \
-           release/examples/device_check; do
-  strip -o "$dist/$(basename "$bin")" "$target/$bin"
+for bin in train examples/student_speed examples/bench_train examples/device_check; do
+  strip -o "$dist/$(basename "$bin")" "$out_dir/$bin"
 done
+if [ "$profile" = release ]; then
+  carry="$work/carry"
+  rm -rf "$carry"
+  mkdir -p "$carry"
+  for bin in "$dist"/*; do xz -1 -T2 -c "$bin" > "$carry/$(basename "$bin").xz"; done
+  echo "build-cuda: compressed copies in $carry ($(du -sh "$carry" | cut -f1))"
+fi
 # Which libraries the binaries ask the loader for: the real names, never the stubs' paths.
 readelf -d "$dist/train" | grep -q 'libcuda.so.1' || { echo "build-cuda: train does not link libcuda.so.1" >&2; exit 1; }
 echo "build-cuda: stripped binaries in $dist ($(du -sh "$dist" | cut -f1)); needs at run time:" \

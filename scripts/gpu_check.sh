@@ -5,8 +5,10 @@
 #   scripts/gpu_check.sh --prepare              here: build the check's data (a real DINOv2-S
 #                                               `ln1` store of the bundled photos) into
 #                                               target/cuda/gpu-check/
-#   scripts/gpu_check.sh                        on the GPU machine, with target/cuda/dist and
-#                                               target/cuda/gpu-check carried there
+#   scripts/gpu_check.sh                        on the GPU machine, with target/cuda/carry (the
+#                                               xz-compressed binaries, unpacked into
+#                                               target/cuda/dist) and target/cuda/gpu-check
+#                                               carried there
 #   scripts/gpu_check.sh --dry-run              the same steps at tiny sizes on the CPU (CI)
 #
 # Steps, each one JSON line in $OUT/gpu_check.jsonl, all of them in $OUT/gpu_check.json:
@@ -64,6 +66,16 @@ if [ "$mode" = prepare ]; then
 fi
 
 [ -d "$data/relations.zarr" ] || { log "no check data in $data: run scripts/gpu_check.sh --prepare first"; exit 1; }
+# The binaries as carried: compressed, next to the dist folder.
+carry="$root/target/cuda/carry"
+if [ ! -x "$bin/train" ] && [ -d "$carry" ] && [ "$bin" = "$root/target/cuda/dist" ]; then
+  mkdir -p "$bin"
+  for packed in "$carry"/*.xz; do
+    unpacked="$bin/$(basename "$packed" .xz)"
+    xz -dc "$packed" > "$unpacked" && chmod +x "$unpacked"
+  done
+  log "unpacked $(ls "$carry" | wc -l) binaries from $carry into $bin"
+fi
 # A binary of $bin: there (dist/), or in its examples/ (a cargo profile folder such as target/debug).
 exe() { if [ -x "$bin/$1" ]; then echo "$bin/$1"; else echo "$bin/examples/$1"; fi; }
 for b in train device_check student_speed bench_train; do
@@ -87,8 +99,9 @@ for sp in site.getsitepackages() + [site.getusersitepackages()]:
 print(":".join(sorted(dirs)))
 PY
 )"
-if [ -z "$libs" ] && [ -d "$root/target/cuda/stubs/lib" ]; then
-  libs="$root/target/cuda/stubs/lib"
+if [ -z "$libs" ] && [ "$mode" = dry ] && [ -d "$bin/../stubs/lib" ]; then
+  # The stubs, and the toolkit's real libcudart (it loads the driver only when first called).
+  libs="$(cd "$bin/../stubs/lib" && pwd):${TINYMIM_CACHE:-$root/.cache/tinymim}/cuda/13.0/lib"
 fi
 export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 python3 - "$jsonl" "$mode" "$device" "$LD_LIBRARY_PATH" <<'PY'
@@ -195,7 +208,13 @@ for size in "${sizes[@]}"; do
     fi
   done
 done
-[ "$has_torch" = 1 ] || echo '{"check": "pytorch", "skipped": "import torch, timm fails on this machine"}' >> "$jsonl"
+if [ "$has_torch" = 0 ]; then
+  torch_scripts_compile() {
+    python3 -m py_compile scripts/bench_torch_step.py scripts/bench_torch_teacher.py &&
+      echo '{"check": "pytorch", "skipped": "import torch, timm fails on this machine; its scripts compile"}'
+  }
+  step pytorch torch_scripts_compile
+fi
 
 # 4. Training from a store vs synthetic targets.
 for precision in f32 bf16; do

@@ -9,10 +9,13 @@ scripts/setup.sh
 export TINYMIM_CACHE="${TINYMIM_CACHE:-$root/.cache/tinymim}"
 # The end-to-end tests drive the real binaries: build them first, in the same profile.
 cargo build --workspace --bins --locked
-# The GPU binaries compile and link on every run (scripts/build-cuda.sh: toolkit from PyPI,
-# stub CUDA libraries), and the GPU check runs end to end in its dry mode: the same steps at
-# tiny sizes on the CPU, driving those very binaries (linked against the stubs here).
-scripts/build-cuda.sh
+# The GPU binaries compile and link on every run (scripts/build-cuda.sh --check: toolkit from
+# PyPI, stub CUDA libraries, the dev profile sharing every crate that does not depend on candle
+# with the build above, unoptimised device code, to keep CI short), and
+# the GPU check runs end to end in its dry mode: the same steps at tiny sizes on the CPU,
+# driving those very binaries (bound to the stubs here).
+scripts/build-cuda.sh --check
+cargo build --workspace --bins --locked   # the CPU binaries back in target/debug (a relink)
 scripts/gpu_check.sh --prepare
-scripts/gpu_check.sh --dry-run --out "$root/target/gpu-check-dry"
+scripts/gpu_check.sh --dry-run --bin "$root/target/cuda-check/dist" --out "$root/target/gpu-check-dry"
 cargo test --workspace --locked "$@"

@@ -137,7 +137,9 @@ mod tests {
         let mut b = batch();
         let computed = encode_batch(Encoding::Maps, &b).unwrap();
         // Maps as a graph would hand them over: distinct, recognisable values per view and part.
-        let qk = Array4::from_shape_fn((2, 2, 3, 3), |(v, h, i, j)| (v * 81 + h * 9 + i * 3 + j) as f32 / 256.0);
+        let qk = Array4::from_shape_fn((2, 2, 3, 3), |(v, h, i, j)| {
+            (v * 81 + h * 9 + i * 3 + j) as f32 / 256.0
+        });
         let vv = qk.mapv(|x| 1.0 - x);
         b.maps = Some((qk.clone(), vv.clone()));
         let rows = encode_batch(Encoding::Maps, &b).unwrap();

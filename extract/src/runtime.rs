@@ -403,8 +403,12 @@ mod tests {
     #[test]
     fn each_cache_offers_its_gpu_build_before_its_cpu_build() {
         let folders = cache_folders();
-        let gpu = folders.iter().position(|f| f.ends_with(".cache/tinymim/onnxruntime-gpu"));
-        let cpu = folders.iter().position(|f| f.ends_with(".cache/tinymim/onnxruntime"));
+        let gpu = folders
+            .iter()
+            .position(|f| f.ends_with(".cache/tinymim/onnxruntime-gpu"));
+        let cpu = folders
+            .iter()
+            .position(|f| f.ends_with(".cache/tinymim/onnxruntime"));
         assert!(gpu.is_some() && cpu.is_some(), "{folders:?}");
         assert_eq!(gpu.unwrap() + 1, cpu.unwrap(), "{folders:?}");
     }

@@ -77,8 +77,15 @@ fn an_exported_teacher_needs_no_config_and_its_maps_match_its_own_graph() {
         batch.v.slice(s![0, .., .., ..]),
     );
     let (fetched_qk, fetched_vv) = batch.maps.clone().expect("relation_maps fetches the maps");
-    let by_name = batch.extra.iter().map(|g| g.clone().into_dimensionality::<Ix4>().unwrap());
-    for (m, graph) in [fetched_qk, fetched_vv].into_iter().chain(by_name).enumerate() {
+    let by_name = batch
+        .extra
+        .iter()
+        .map(|g| g.clone().into_dimensionality::<Ix4>().unwrap());
+    for (m, graph) in [fetched_qk, fetched_vv]
+        .into_iter()
+        .chain(by_name)
+        .enumerate()
+    {
         let m = m % 2;
         let diff = (&ours.index_axis(Axis(0), m) - &graph.index_axis(Axis(0), 0))
             .iter()

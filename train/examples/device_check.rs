@@ -36,8 +36,12 @@ fn loss_and_grads(
 
 /// ‖a − b‖ / ‖b‖ over all elements, in f64 on the CPU.
 fn relative_error(a: &Tensor, b: &Tensor) -> candle_core::Result<f64> {
-    let a = a.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F64)?;
-    let b = b.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F64)?;
+    let a = a
+        .to_device(&Device::Cpu)?
+        .to_dtype(candle_core::DType::F64)?;
+    let b = b
+        .to_device(&Device::Cpu)?
+        .to_dtype(candle_core::DType::F64)?;
     let diff = (&a - &b)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
     let norm = b.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
     Ok(diff / norm.max(f64::MIN_POSITIVE))
@@ -49,8 +53,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batch = common::number("--batch", 8);
     let heads = common::number("--heads", 12);
     let config = VitConfig::preset(&preset)?;
-    let inputs_cpu =
-        common::random_step_inputs(batch, config.image_size, heads, config.tokens(), 7, &Device::Cpu)?;
+    let inputs_cpu = common::random_step_inputs(
+        batch,
+        config.image_size,
+        heads,
+        config.tokens(),
+        7,
+        &Device::Cpu,
+    )?;
     let inputs_dev = (
         inputs_cpu.0.to_device(&device)?,
         inputs_cpu.1.to_device(&device)?,

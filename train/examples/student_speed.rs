@@ -13,7 +13,9 @@ use std::time::Instant;
 mod common;
 
 use candle_core::Device;
-use tinymim_train::{AdamW, AdamWConfig, Distiller, LrSchedule, MicroBatch, Student, TrainRng, VitConfig};
+use tinymim_train::{
+    AdamW, AdamWConfig, Distiller, LrSchedule, MicroBatch, Student, TrainRng, VitConfig,
+};
 
 /// Seconds per call of `f`, over `reps` calls after one warm-up call, the device drained
 /// before the clock starts and stops (GPU work is asynchronous).
@@ -44,7 +46,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (pixels, t_qk, t_vv) =
         common::random_step_inputs(batch, config.image_size, heads, n, 0, &dev)?;
 
-    let relation = time(&dev, reps, || student.relation_logits(&pixels, None).unwrap());
+    let relation = time(&dev, reps, || {
+        student.relation_logits(&pixels, None).unwrap()
+    });
     let full = time(&dev, reps, || student.features(&pixels).unwrap());
     let mut distiller = Distiller {
         optimizer: AdamW::new(student.params(), AdamWConfig::default()),

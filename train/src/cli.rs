@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tinymim_train::device::DeviceSpec;
 use serde::Deserialize;
+use tinymim_train::device::DeviceSpec;
 
 use tinymim_train::config::VitConfig;
 use tinymim_train::online::TeacherOptions;
@@ -116,13 +116,15 @@ pub struct TrainArgs {
     /// Override the student's patch size.
     #[arg(long)]
     pub patch: Option<usize>,
-    /// Override the student's input size (the token count must equal the teacher's).
+    /// Override the student's input size (the token count must equal the teacher's)
+    /// [default with --cache: the size at which the student's patch gives the store's token
+    /// count, e.g. 256 px for patch 16 and 257 tokens; else the preset's].
     #[arg(long, value_name = "PX")]
     pub image_size: Option<usize>,
     /// Recipe TOML (configs/recipes/*.toml); command-line options override it.
     #[arg(long, value_name = "FILE")]
     pub recipe: Option<PathBuf>,
-    /// Epochs the schedule spans.
+    /// Epochs the schedule spans [default: the recipe's, else 100].
     #[arg(long)]
     pub epochs: Option<u64>,
     /// Views per forward pass [default: 64].
@@ -134,7 +136,8 @@ pub struct TrainArgs {
     /// Base learning rate; peak = base × batch × accum / 256 [default: 1.5e-4].
     #[arg(long)]
     pub base_lr: Option<f64>,
-    /// Linear warm-up epochs [default: 15].
+    /// Linear warm-up epochs [default: the recipe's, else 5 % of the epochs, TinyMIM's 15 of
+    /// 300].
     #[arg(long)]
     pub warmup_epochs: Option<f64>,
     /// AdamW weight decay [default: 0.05].
@@ -283,11 +286,11 @@ impl TrainArgs {
             Some(path) => Recipe::from_file(path)?,
             None => Recipe::default(),
         };
-        let epochs = self
-            .epochs
-            .or(recipe.epochs)
-            .context("--epochs is required (or a --recipe that sets `epochs`)")?;
-        let warmup_epochs = self.warmup_epochs.or(recipe.warmup_epochs).unwrap_or(15.0);
+        let epochs = self.epochs.or(recipe.epochs).unwrap_or(DEFAULT_EPOCHS);
+        let warmup_epochs = self
+            .warmup_epochs
+            .or(recipe.warmup_epochs)
+            .unwrap_or(WARMUP_SHARE * epochs as f64);
         if warmup_epochs >= epochs as f64 && warmup_epochs > 0.0 {
             bail!(
                 "--warmup-epochs {warmup_epochs} is not below --epochs {epochs}: the learning \
@@ -313,10 +316,16 @@ impl TrainArgs {
             (None, None) => bail!("pass --cache STORE or --teacher CHECKPOINT"),
         };
         let device = self.device.open()?;
+        let mut student = self.student(self.drop_path.or(recipe.drop_path))?;
+        if let (None, Some(store)) = (self.image_size, &self.cache) {
+            if let Some(size) = image_size_for(store, student.patch)? {
+                student.image_size = size;
+            }
+        }
         Ok(RunConfig {
             source,
             images: self.images.clone(),
-            student: self.student(self.drop_path.or(recipe.drop_path))?,
+            student,
             epochs,
             batch: self.batch.or(recipe.batch).unwrap_or(64),
             accum: self.accum.or(recipe.accum).unwrap_or(1),
@@ -336,6 +345,22 @@ impl TrainArgs {
             prefetch: 4,
         })
     }
+}
+
+/// Epochs when neither the command line nor a recipe sets them.
+const DEFAULT_EPOCHS: u64 = 100;
+/// Warm-up as a share of the epochs when neither sets it: TinyMIM's 15 of 300.
+const WARMUP_SHARE: f64 = 0.05;
+
+/// The input size at which a student of patch `patch` has the token count of `store`
+/// (1 + (size/patch)², the class token first), or `None` when no square grid gives it (the
+/// run's token check then refuses the student, naming both counts).
+fn image_size_for(store: &Path, patch: usize) -> anyhow::Result<Option<usize>> {
+    let opened = tinymim_formats::RelationStore::open(store)
+        .with_context(|| format!("{}: cannot open the relation store", store.display()))?;
+    let patches = (opened.header().geometry.tokens as usize).saturating_sub(1);
+    let grid = (patches as f64).sqrt().round() as usize;
+    Ok((grid > 0 && grid * grid == patches).then_some(grid * patch))
 }
 
 /// The `heads` of the `config.json` beside an exported teacher, or a sentence asking for

@@ -87,7 +87,8 @@ impl DeviceSpec {
             DeviceSpec::Cuda(_) if !cfg!(feature = "cuda") => Err(DeviceError::NotBuilt(self)),
             DeviceSpec::Cuda(n) => Device::new_cuda(n).map_err(|e| DeviceError::Unavailable {
                 spec: self,
-                reason: e.to_string(),
+                // candle appends a backtrace to some errors; the sentence is the first line.
+                reason: e.to_string().lines().next().unwrap_or_default().to_string(),
             }),
         }
     }
@@ -144,7 +145,10 @@ mod tests {
         if !cfg!(feature = "cuda") {
             assert!(DeviceSpec::Auto.open().unwrap().is_cpu());
             let err = DeviceSpec::Cuda(1).open().unwrap_err().to_string();
-            assert!(err.contains("--device cuda:1") && err.contains("build-cuda.sh"), "{err}");
+            assert!(
+                err.contains("--device cuda:1") && err.contains("build-cuda.sh"),
+                "{err}"
+            );
         }
     }
 }

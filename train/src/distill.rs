@@ -98,9 +98,7 @@ impl Distiller {
         }
         self.optimizer.step(&grads, lr)?;
         self.step += 1;
-        let mean = |first: usize| {
-            values[first..loss_parts].iter().step_by(2).sum::<f64>() * share
-        };
+        let mean = |first: usize| values[first..loss_parts].iter().step_by(2).sum::<f64>() * share;
         let (loss_qk, loss_vv) = (mean(0), mean(1));
         Ok(StepReport {
             loss: loss_qk + loss_vv,

@@ -306,3 +306,37 @@ fn trains_online_from_a_teacher_checkpoint_then_probes_the_export() {
         "{stdout}"
     );
 }
+
+#[test]
+fn trains_with_nothing_but_store_student_and_out() {
+    // No --epochs, --warmup-epochs or --image-size: epochs default to 100, warm-up to 5 % of
+    // them, and the input size to the one at which the student's patch (8) gives the store's
+    // token count. --max-steps and --batch only keep the test short.
+    let world = World::new(3, 2);
+    let out = world.dir.path().join("run");
+    let student: Vec<&str> = STUDENT
+        .iter()
+        .copied()
+        .take_while(|a| *a != "--image-size")
+        .collect();
+    let mut args = vec!["--cache", world.store.to_str().unwrap()];
+    args.extend_from_slice(&student);
+    args.extend_from_slice(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--max-steps",
+        "2",
+        "--batch",
+        "2",
+    ]);
+    let result = train(&args);
+    assert!(result.status.success(), "{}", stderr(&result));
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2);
+    let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+    assert!(
+        config.contains("\"image_size\": 32") || config.contains("\"image_size\":32"),
+        "{config}"
+    );
+}

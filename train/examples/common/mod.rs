@@ -74,5 +74,9 @@ pub fn random_step_inputs(
     let pixels = normal((batch, 3, size, size))?;
     let qk = candle_nn::ops::softmax(&normal((batch, heads, tokens, tokens))?, D::Minus1)?;
     let vv = candle_nn::ops::softmax(&(normal((batch, heads, tokens, tokens))? * 2.0)?, D::Minus1)?;
-    Ok((pixels.to_device(device)?, qk.to_device(device)?, vv.to_device(device)?))
+    Ok((
+        pixels.to_device(device)?,
+        qk.to_device(device)?,
+        vv.to_device(device)?,
+    ))
 }
