@@ -42,7 +42,7 @@ autocast = {"bf16": torch.bfloat16, "f16": torch.float16}.get(args.precision)
 
 @torch.inference_mode()
 def teacher(x):
-    with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+    with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
         h = model.patch_embed(x)
         h = torch.cat([model.cls_token.expand(x.shape[0], -1, -1), h], 1) + model.pos_embed
         for blk in model.blocks[: args.block - 1]:
