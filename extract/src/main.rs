@@ -17,7 +17,7 @@ use tinymim_extract::runtime::{Device, Runtime};
 use tinymim_extract::source::Shard;
 use tinymim_extract::teacher::{Teacher, TeacherConfig, TeacherOptions};
 use tinymim_extract::verify::{verify, Recompute};
-use tinymim_formats::Encoding;
+use tinymim_formats::{Encoding, RelationStore};
 
 /// Extract a teacher's relation targets (TinyMIM) into a relation store.
 ///
@@ -80,9 +80,12 @@ struct RunArgs {
     #[arg(long, value_name = "K", required = true, value_parser = clap::value_parser!(u32).range(1..))]
     views: Option<u32>,
     /// Encoding of the stored targets: maps = R_QK and R_VV [2, H, N, N]; qkv = q, k, v
-    /// [3, H, N, d]; ln1 = the target block's normalised input [N, D] (plus its qkv weights once).
-    #[arg(long, default_value = "maps", value_parser = encoding_parser())]
-    encoding: Encoding,
+    /// [3, H, N, d]; ln1 = the target block's normalised input [N, D] (plus its qkv weights once)
+    /// [default: the store's own encoding when --out exists; else ln1 where the teacher has its
+    /// ln1 tensor and qkv weights (every exported teacher does): the most compact encoding and
+    /// the most faithful one in BENCHMARKS.md; else qkv].
+    #[arg(long, value_parser = encoding_parser())]
+    encoding: Option<Encoding>,
     /// The relation store to create or add to.
     #[arg(long, value_name = "STORE", required = true)]
     out: Option<PathBuf>,
@@ -211,13 +214,26 @@ fn run_extract(args: &RunArgs) -> anyhow::Result<()> {
     if !(args.checkpoint_secs >= 0.0 && args.checkpoint_secs.is_finite()) {
         anyhow::bail!("--checkpoint-secs must be a non-negative number of seconds");
     }
-    let mut teacher = load_teacher(&args.teacher, args.encoding == Encoding::Maps)?;
+    let out = args.out.clone().expect("clap requires --out");
+    let existing = match RelationStore::open(&out) {
+        Ok(store) if out.exists() => Some(store.header().encoding),
+        _ => None,
+    };
+    let asked = args.encoding.or(existing);
+    let mut teacher = load_teacher(&args.teacher, asked == Some(Encoding::Maps))?;
+    let encoding = asked.unwrap_or_else(|| {
+        if teacher.check_encoding(Encoding::Ln1).is_ok() {
+            Encoding::Ln1
+        } else {
+            Encoding::Qkv
+        }
+    });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let options = ExtractOptions {
         images: args.images.clone().expect("clap requires --images"),
         views: args.views.expect("clap requires --views"),
-        encoding: args.encoding,
-        out: args.out.clone().expect("clap requires --out"),
+        encoding,
+        out,
         seed: args.seed,
         shard: args.shard,
         batch: args.batch as usize,

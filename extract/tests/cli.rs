@@ -95,6 +95,36 @@ fn stored_keys(store: &Path) -> Vec<Hash32> {
     (0..reader.len()).map(|i| reader.row(i).key).collect()
 }
 
+#[test]
+fn a_new_store_defaults_to_ln1_where_the_teacher_supports_it_else_qkv() {
+    let images = image_folder(&PHOTOS[..1]);
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("r.zarr");
+    // The DINOv2 config names the ln1 tensor and the qkv weights: ln1.
+    run_ok(images.path(), &store, &[]);
+    let header = RelationStore::open(&store).unwrap().header().clone();
+    assert_eq!(header.encoding, Encoding::Ln1);
+    // The same teacher without its qkv weights (a config with no [qkv] table): qkv.
+    let config = std::fs::read_to_string(common::dinov2_config()).unwrap();
+    let qkv_table = config
+        .find("[qkv]")
+        .expect("the DINOv2 config has a [qkv] table");
+    let without = work.path().join("no-weights.toml");
+    std::fs::write(&without, &config[..qkv_table]).unwrap();
+    let store = work.path().join("q.zarr");
+    let mut args = run_args(images.path(), &store, &[]);
+    let at = args.iter().position(|a| a == "--config").unwrap();
+    args[at + 1] = without.display().to_string();
+    let out = extract_cmd().args(&args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let header = RelationStore::open(&store).unwrap().header().clone();
+    assert_eq!(header.encoding, Encoding::Qkv);
+}
+
 fn as_set(keys: &[Hash32]) -> HashSet<Hash32> {
     keys.iter().copied().collect()
 }
@@ -104,7 +134,11 @@ fn a_run_stores_images_times_views_rows_and_a_rerun_writes_none() {
     let images = image_folder(&PHOTOS);
     let work = tempfile::tempdir().unwrap();
     let store = work.path().join("r.zarr");
-    let summary = run_ok(images.path(), &store, &["--batch", "3"]);
+    let summary = run_ok(
+        images.path(),
+        &store,
+        &["--batch", "3", "--encoding", "maps"],
+    );
     assert_eq!(summary["views_written"], 6);
     assert_eq!(summary["bad"].as_array().unwrap().len(), 0);
     let keys = stored_keys(&store);
@@ -128,6 +162,7 @@ fn a_run_stores_images_times_views_rows_and_a_rerun_writes_none() {
         "row sums {sums:?}"
     );
 
+    // Without --encoding a rerun takes the store's own (maps), not the default for new stores.
     let again = run_ok(images.path(), &store, &[]);
     assert_eq!(again["views_written"], 0);
     assert_eq!(again["views_present"], 6);
