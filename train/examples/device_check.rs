@@ -85,7 +85,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             let err = relative_error(g_dev, g_cpu)?;
             compared += 1;
-            if !(err <= worst) {
+            // A NaN error counts as the worst (and fails the check).
+            if err.is_nan() || err > worst {
                 worst = err;
                 worst_name = name.to_string();
             }
