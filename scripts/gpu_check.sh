@@ -107,11 +107,16 @@ export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 python3 - "$jsonl" "$mode" "$device" "$LD_LIBRARY_PATH" <<'PY'
 import json, os, subprocess, sys
 jsonl, mode, device, libs = sys.argv[1:]
-gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                     capture_output=True, text=True) if mode == "gpu" else None
+gpu = None
+if mode == "gpu":
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                              "--format=csv,noheader"], capture_output=True, text=True)
+        gpu = smi.stdout.strip() if smi.returncode == 0 else f"nvidia-smi failed: {smi.stderr.strip()}"
+    except OSError as e:
+        gpu = f"nvidia-smi not runnable: {e}"
 line = {"check": "environment", "mode": mode, "device": device, "cores": os.cpu_count(),
-        "gpu": gpu.stdout.strip() if gpu and gpu.returncode == 0 else None,
-        "ld_library_path": libs}
+        "gpu": gpu, "ld_library_path": libs}
 open(jsonl, "a").write(json.dumps(line) + "\n")
 PY
 
