@@ -85,12 +85,6 @@ impl Gradients {
         Ok(())
     }
 
-    /// [`Gradients::clip_to_norm`] at the gradients' own global norm, which it returns.
-    pub fn clip_global_norm(&mut self, max_norm: f64) -> Result<f64> {
-        let norm = self.global_norm()?;
-        self.clip_to_norm(max_norm, norm)?;
-        Ok(norm)
-    }
 }
 
 #[cfg(test)]
@@ -125,10 +119,13 @@ mod tests {
     fn clipping_rescales_to_the_max_norm_only_when_above() {
         // Global norm of (3, 4) and (12) is 13.
         let mut g = grads(&[("a", &[3.0, 4.0]), ("b", &[12.0])]);
-        assert!((g.clip_global_norm(26.0).unwrap() - 13.0).abs() < 1e-9);
-        assert_eq!(values(&g, "a"), vec![3.0, 4.0], "below the max: untouched");
-        let norm = g.clip_global_norm(1.0).unwrap();
+        let norm = g.global_norm().unwrap();
         assert!((norm - 13.0).abs() < 1e-9);
+        let squared = g.squared_norm().unwrap().unwrap().to_scalar::<f64>().unwrap();
+        assert!((squared - 169.0).abs() < 1e-9, "one tensor holds Σ‖g‖²");
+        g.clip_to_norm(26.0, norm).unwrap();
+        assert_eq!(values(&g, "a"), vec![3.0, 4.0], "below the max: untouched");
+        g.clip_to_norm(1.0, norm).unwrap();
         let f = 1.0 / (13.0 + 1e-6);
         for (got, want) in values(&g, "a").iter().zip([3.0 * f, 4.0 * f]) {
             assert!((*got as f64 - want).abs() < 1e-6);
