@@ -84,7 +84,6 @@ impl Gradients {
         }
         Ok(())
     }
-
 }
 
 #[cfg(test)]
@@ -121,7 +120,12 @@ mod tests {
         let mut g = grads(&[("a", &[3.0, 4.0]), ("b", &[12.0])]);
         let norm = g.global_norm().unwrap();
         assert!((norm - 13.0).abs() < 1e-9);
-        let squared = g.squared_norm().unwrap().unwrap().to_scalar::<f64>().unwrap();
+        let squared = g
+            .squared_norm()
+            .unwrap()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         assert!((squared - 169.0).abs() < 1e-9, "one tensor holds Σ‖g‖²");
         g.clip_to_norm(26.0, norm).unwrap();
         assert_eq!(values(&g, "a"), vec![3.0, 4.0], "below the max: untouched");
