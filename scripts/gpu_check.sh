@@ -221,7 +221,8 @@ for size in "${sizes[@]}"; do
 done
 if [ "$has_torch" = 0 ]; then
   torch_scripts_compile() {
-    python3 -m py_compile scripts/bench_torch_step.py scripts/bench_torch_teacher.py &&
+    python3 -c 'import sys; [compile(open(f).read(), f, "exec") for f in sys.argv[1:]]' \
+      scripts/bench_torch_step.py scripts/bench_torch_teacher.py &&
       echo '{"check": "pytorch", "skipped": "import torch, timm fails on this machine; its scripts compile"}'
   }
   step pytorch torch_scripts_compile
