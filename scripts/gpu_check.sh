@@ -127,11 +127,11 @@ step() {
   local name=$1; shift
   log "$name: $*"
   local t0=$SECONDS
-  if "$@" > "$out/$name.out" 2> "$out/$name.err"; then
-    grep '^{' "$out/$name.out" >> "$jsonl" || true
-  else
+  local ok=1
+  "$@" > "$out/$name.out" 2> "$out/$name.err" || ok=0
+  grep '^{' "$out/$name.out" >> "$jsonl" || true
+  if [ "$ok" = 0 ]; then
     failures=$((failures + 1))
-    grep '^{' "$out/$name.out" >> "$jsonl" || true
     printf '{"check": "%s", "failed": true, "stderr_tail": %s}\n' "$name" \
       "$(tail -c 800 "$out/$name.err" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')" >> "$jsonl"
     log "$name FAILED (see $out/$name.err)"

@@ -215,10 +215,10 @@ fn run_extract(args: &RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("--checkpoint-secs must be a non-negative number of seconds");
     }
     let out = args.out.clone().expect("clap requires --out");
-    let existing = match RelationStore::open(&out) {
-        Ok(store) if out.exists() => Some(store.header().encoding),
-        _ => None,
-    };
+    // An existing store keeps its encoding (opening refuses a missing folder: a new store).
+    let existing = RelationStore::open(&out)
+        .ok()
+        .map(|store| store.header().encoding);
     let asked = args.encoding.or(existing);
     let mut teacher = load_teacher(&args.teacher, asked == Some(Encoding::Maps))?;
     let encoding = asked.unwrap_or_else(|| {
