@@ -49,7 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let relation = time(&dev, reps, || {
         student.relation_logits(&pixels, None).unwrap()
     });
-    let full = time(&dev, reps, || student.features(&pixels).unwrap());
+    let full = time(&dev, reps, || student.features(&pixels).unwrap().final_norm);
     let mut distiller = Distiller {
         optimizer: AdamW::new(student.params(), AdamWConfig::default()),
         student,

@@ -10,8 +10,9 @@ use serde::Deserialize;
 use tinymim_train::device::DeviceSpec;
 
 use tinymim_train::config::VitConfig;
+use tinymim_train::eval::EvalConfig;
 use tinymim_train::online::TeacherOptions;
-use tinymim_train::probe::ProbeConfig;
+use tinymim_train::probe::{ProbeConfig, TeacherSpec};
 use tinymim_train::run::{RunConfig, SourceConfig};
 use tinymim_train::Precision;
 
@@ -40,8 +41,12 @@ pub struct Cli {
 /// Actions besides training.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Score an exported student with a k-NN probe over a labelled folder (class = sub-folder).
+    /// Score an exported student's frozen features (k-NN and linear) over a labelled folder
+    /// (class = sub-folder), beside its random-initialised twin, raw pixels and the teacher.
     Probe(ProbeArgs),
+    /// The relation loss (L_QK, L_VV, L) of an exported student on a relation store, typically
+    /// of held-out images, beside its random-initialised twin's on the same views.
+    Eval(EvalArgs),
 }
 
 /// Precision of the student's matrix products.
@@ -182,19 +187,42 @@ pub struct TrainArgs {
 
 /// Options of `train probe`.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Every score is printed beside the random-initialised twin's (same \
+    architecture and init seed, zero steps), raw pixels' and, with --teacher, the teacher's own \
+    (its features through ONNX Runtime), all on the same images and split. Example:\n  train \
+    probe --model runs/tiny/model.safetensors --images labelled/ --teacher teacher.onnx \
+    --config configs/teachers/dinov2-small.toml"
+)]
 pub struct ProbeArgs {
     /// Exported student weights (config.json beside them).
     #[arg(long, value_name = "FILE")]
     pub model: PathBuf,
-    /// Labelled folder: one sub-folder of images per class.
+    /// Labelled folder: one sub-folder of images per class. Split 80/20 per class by content
+    /// hash unless --test-images is given.
     #[arg(long, value_name = "DIR")]
     pub images: PathBuf,
-    /// Neighbours that vote.
+    /// A separate labelled test folder (same class names); all of --images then trains.
+    #[arg(long, value_name = "DIR")]
+    pub test_images: Option<PathBuf>,
+    /// Neighbours that vote in the k-NN probe.
     #[arg(long, default_value_t = 20)]
     pub k: usize,
-    /// Device: auto, cpu, cuda or cuda:N.
+    /// Seed of the random-initialised twin [default: the init_seed the export records].
+    #[arg(long, value_name = "SEED")]
+    pub twin_seed: Option<u64>,
+    /// The teacher's ONNX model, to score its own features too.
+    #[arg(long, value_name = "ONNX")]
+    pub teacher: Option<PathBuf>,
+    /// The teacher's config (third-party models), as for `extract --config`.
+    #[arg(long, value_name = "TOML", requires = "teacher")]
+    pub config: Option<PathBuf>,
+    /// Device: auto, cpu, cuda or cuda:N (the student's, and ONNX Runtime's for the teacher).
     #[arg(long, value_name = "DEVICE", default_value_t = DeviceSpec::Auto)]
     pub device: DeviceSpec,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 impl ProbeArgs {
@@ -203,8 +231,60 @@ impl ProbeArgs {
         Ok(ProbeConfig {
             model: self.model.clone(),
             images: self.images.clone(),
+            test_images: self.test_images.clone(),
             k: self.k,
             device: self.device.open()?,
+            twin_seed: self.twin_seed,
+            teacher: self.teacher.as_ref().map(|model| TeacherSpec {
+                model: model.clone(),
+                config: self.config.clone(),
+                device: self.device.onnx_runtime(),
+            }),
+        })
+    }
+}
+
+/// Options of `train eval`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example (a store of images the student never trained on):\n  extract \
+    --teacher T.onnx --images held_out/ --out held_out.zarr\n  train eval --cache held_out.zarr \
+    --model runs/tiny/model.safetensors"
+)]
+pub struct EvalArgs {
+    /// Relation store written by `extract` from the student's teacher.
+    #[arg(long, value_name = "STORE")]
+    pub cache: PathBuf,
+    /// Source root of the store's images [default: the root the store recorded].
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+    /// Exported student weights (config.json beside them).
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Views per forward pass (the result does not depend on it).
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Seed of the random-initialised twin [default: the init_seed the export records].
+    #[arg(long, value_name = "SEED")]
+    pub twin_seed: Option<u64>,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, value_name = "DEVICE", default_value_t = DeviceSpec::Auto)]
+    pub device: DeviceSpec,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+impl EvalArgs {
+    /// The evaluation's configuration.
+    pub fn config(&self) -> anyhow::Result<EvalConfig> {
+        Ok(EvalConfig {
+            store: self.cache.clone(),
+            images: self.images.clone(),
+            model: self.model.clone(),
+            batch: self.batch,
+            device: self.device.open()?,
+            twin_seed: self.twin_seed,
         })
     }
 }

@@ -75,6 +75,16 @@ impl fmt::Display for DeviceSpec {
 }
 
 impl DeviceSpec {
+    /// The same choice for ONNX Runtime (a teacher run by `train probe --teacher`).
+    pub fn onnx_runtime(self) -> tinymim_extract::runtime::Device {
+        use tinymim_extract::runtime::Device as Ort;
+        match self {
+            DeviceSpec::Auto => Ort::Auto,
+            DeviceSpec::Cpu => Ort::Cpu,
+            DeviceSpec::Cuda(n) => Ort::Cuda(n),
+        }
+    }
+
     /// Opens the device. `auto` tries CUDA only in a CUDA build and falls back to the CPU when
     /// no GPU answers; an explicit `cuda[:N]` that cannot be opened is an error.
     pub fn open(self) -> Result<Device, DeviceError> {

@@ -1,11 +1,15 @@
 //! Exports a trained student for timm/MAE code: `model.safetensors` with timm key names (the
-//! fixed `pos_embed` materialised as `[1, N, D]`) and a `config.json` with the architecture.
+//! fixed `pos_embed` materialised as `[1, N, D]`) and a `config.json` with the architecture;
+//! and reads an export back (a probed or evaluated model, with its random-initialised twin).
 
 use std::path::Path;
 
+use candle_core::Device;
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::atomic::{save_safetensors, write_atomic};
+use crate::config::VitConfig;
 use crate::error::{Result, TrainError};
 use crate::model::{Student, LAYER_NORM_EPS};
 
@@ -42,6 +46,7 @@ pub fn export_config(student: &Student) -> serde_json::Value {
         "tokens": c.tokens(),
         "drop_path": c.drop_path,
         "relation_heads": student.relation_heads(),
+        "init_seed": student.init_seed(),
         "layer_norm_eps": LAYER_NORM_EPS,
         "activation": "gelu (exact erf)",
         "qkv_bias": true,
@@ -59,4 +64,70 @@ pub fn export_config(student: &Student) -> serde_json::Value {
             c.heads,
         ),
     })
+}
+
+/// The fields of an export's `config.json` the probe needs.
+#[derive(Deserialize)]
+struct ExportedConfig {
+    dim: usize,
+    depth: usize,
+    heads: usize,
+    mlp_dim: usize,
+    patch: usize,
+    image_size: usize,
+    relation_heads: usize,
+    #[serde(default)]
+    init_seed: Option<u64>,
+}
+
+/// Loads an exported student (weights + the `config.json` beside them) and the seed its
+/// initial values were drawn from, when the export records it.
+pub fn load_exported(model: &Path, device: &Device) -> Result<(Student, Option<u64>)> {
+    let config_path = model.with_file_name(CONFIG_FILE);
+    let bad = |path: &Path, message: String| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(&config_path).map_err(|e| {
+        bad(
+            &config_path,
+            format!("cannot read the export's config: {e}"),
+        )
+    })?;
+    let c: ExportedConfig = serde_json::from_str(&text)
+        .map_err(|e| bad(&config_path, format!("not a tinymim export config: {e}")))?;
+    let config = VitConfig {
+        dim: c.dim,
+        depth: c.depth,
+        heads: c.heads,
+        mlp_dim: c.mlp_dim,
+        patch: c.patch,
+        image_size: c.image_size,
+        drop_path: 0.0,
+    };
+    let student = Student::frozen(&config, c.relation_heads, c.init_seed.unwrap_or(0), device)?;
+    let tensors = candle_core::safetensors::load(model, device)
+        .map_err(|e| bad(model, format!("not a safetensors file: {e}")))?;
+    student.load_weights(&tensors, &model.display().to_string())?;
+    Ok((student, c.init_seed))
+}
+
+/// An exported student, its random-initialised twin (same architecture, initialised from
+/// `twin_seed`, else the seed the export records, with zero steps) and that seed.
+pub fn load_with_twin(
+    model: &Path,
+    device: &Device,
+    twin_seed: Option<u64>,
+) -> Result<(Student, Student, u64)> {
+    let (student, recorded) = load_exported(model, device)?;
+    let seed = twin_seed
+        .or(recorded)
+        .ok_or_else(|| TrainError::Checkpoint {
+            path: model.with_file_name(CONFIG_FILE),
+            message: "the export records no init_seed (it predates the field); pass --twin-seed \
+                  with the run's --seed"
+                .to_string(),
+        })?;
+    let twin = Student::frozen(student.config(), student.relation_heads(), seed, device)?;
+    Ok((student, twin, seed))
 }

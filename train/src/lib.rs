@@ -11,6 +11,7 @@ pub mod data;
 pub mod device;
 pub mod distill;
 pub mod error;
+pub mod eval;
 pub mod export;
 pub mod grads;
 pub mod heap;

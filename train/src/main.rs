@@ -2,6 +2,7 @@
 
 mod cli;
 
+use anyhow::Context;
 use clap::Parser;
 
 use cli::{Cli, Command};
@@ -20,6 +21,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Probe(args)) => {
             let report = tinymim_train::probe::probe(&args.config()?)?;
+            write_json(args.json.as_deref(), &report)?;
+            println!("{report}");
+        }
+        Some(Command::Eval(args)) => {
+            let report = tinymim_train::eval::evaluate(&args.config()?)?;
+            write_json(args.json.as_deref(), &report)?;
             println!("{report}");
         }
         None => {
@@ -34,6 +41,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let summary = tinymim_train::run::train(&config)?;
             println!("{summary}");
         }
+    }
+    Ok(())
+}
+
+/// Writes `report` as JSON to `path`, when given.
+fn write_json(
+    path: Option<&std::path::Path>,
+    report: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_vec_pretty(report)?)
+            .with_context(|| format!("{}: cannot write the report", path.display()))?;
     }
     Ok(())
 }

@@ -46,7 +46,7 @@ impl OnlineTeacher {
         let tensors = read_tensors(path, device)?;
         let origin = path.display().to_string();
         let config = infer_config(&tensors, options, path)?;
-        let mut model = Student::frozen(&config, options.heads, device)?;
+        let mut model = Student::frozen(&config, options.heads, 0, device)?;
         let wanted: HashMap<String, Tensor> = tensors
             .iter()
             .filter(|(name, _)| model.params().iter().any(|p| &p.name == *name))

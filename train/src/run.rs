@@ -54,6 +54,9 @@ pub enum RunError {
     /// The options contradict each other or the data; the message names both sides.
     #[error("{0}")]
     Setup(String),
+    /// A teacher run through ONNX Runtime failed (`train probe --teacher`).
+    #[error(transparent)]
+    Teacher(#[from] tinymim_extract::teacher::TeacherError),
     /// Writing the run folder failed.
     #[error("{path}: {source}")]
     Io {

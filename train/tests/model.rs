@@ -4,6 +4,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::{randn, rng, teacher_maps};
+use tinymim_train::model::class_and_mean;
 use tinymim_train::{
     AdamW, AdamWConfig, Distiller, LrSchedule, MicroBatch, Student, TrainError, TrainRng, VitConfig,
 };
@@ -161,14 +162,20 @@ fn init_follows_tinymim_and_the_seed() {
 fn features_are_deterministic_class_and_mean_tokens() {
     let student = Student::new(&small(), 4, 0, &Device::Cpu).unwrap();
     let pixels = randn(&[3, 3, 12, 12], &mut rng(2));
-    let (cls, mean) = student.features(&pixels).unwrap();
+    let final_features =
+        |p: &Tensor| class_and_mean(&student.features(p).unwrap().final_norm).unwrap();
+    let (cls, mean) = final_features(&pixels);
     assert_eq!(cls.dims(), &[3, 24]);
     assert_eq!(mean.dims(), &[3, 24]);
     assert_ne!(values(&cls), values(&mean));
-    let (cls2, _) = student.features(&pixels).unwrap();
+    let (cls2, _) = final_features(&pixels);
     assert_eq!(values(&cls), values(&cls2));
+    // The adaptive block's input is the body's output: the last block and the norm follow it.
+    let tokens = student.features(&pixels).unwrap();
+    assert_eq!(tokens.adaptive_input.dims(), tokens.final_norm.dims());
+    assert_ne!(values(&tokens.adaptive_input), values(&tokens.final_norm));
     // Each image's features depend on that image only.
-    let (one, _) = student.features(&pixels.narrow(0, 1, 1).unwrap()).unwrap();
+    let (one, _) = final_features(&pixels.narrow(0, 1, 1).unwrap());
     let diff = (one - cls.narrow(0, 1, 1).unwrap())
         .unwrap()
         .abs()

@@ -130,6 +130,21 @@ pub struct TeacherConfig {
     pub tensors: TensorNames,
     /// The qkv projection's initializers.
     pub qkv: Option<QkvInitializers>,
+    /// Tensors `[B, N, D]` that `train probe --teacher` reads the teacher's own features from,
+    /// in order (each block's output and the final norm, say). Without any, a probe reads
+    /// `tensors.ln1`, the target block's normalised input.
+    #[serde(default)]
+    pub features: Vec<FeatureTensor>,
+}
+
+/// One named tensor of teacher features `[B, N, D]` (class token first).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureTensor {
+    /// What the probe's report calls it ("block 6", "final norm").
+    pub name: String,
+    /// The tensor in the graph.
+    pub tensor: String,
 }
 
 impl TeacherConfig {

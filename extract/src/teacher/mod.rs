@@ -523,6 +523,7 @@ fn contract_config(graph: &OnnxGraph) -> Result<TeacherConfig, TeacherError> {
             bias: Some(contract::QKV_BIAS.to_string()),
             ..Default::default()
         }),
+        features: Vec::new(),
     };
     if config.heads == 0 || !config.dim.is_multiple_of(config.heads) {
         return Err(TeacherError::BadMetadata {

@@ -71,13 +71,18 @@ pub struct LoaderSpec {
 
 /// Assembles one micro-batch (used by the loader thread, and directly by benchmarks).
 pub fn load_micro_batch(spec: &LoaderSpec, micro: u64, order: &[usize]) -> Result<LoadedBatch> {
-    let epoch = spec.plan.epoch_of(micro);
     let rows: Vec<Row> = spec
         .plan
         .micro_rows(micro, order)
         .iter()
         .map(|&i| *spec.rows.get(i))
         .collect();
+    load_rows(spec, rows, spec.plan.epoch_of(micro))
+}
+
+/// Assembles a batch of any `rows` as they are rendered in `epoch` (`train eval` walks a store
+/// in canonical order with it; [`load_micro_batch`] takes a micro-batch's rows).
+pub fn load_rows(spec: &LoaderSpec, rows: Vec<Row>, epoch: u64) -> Result<LoadedBatch> {
     let images = decode_images(&spec.catalog, &rows)?;
     let pixels = render_rows(&images, &rows, epoch, &spec.student)?;
     let payload = match &spec.feed {

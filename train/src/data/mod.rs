@@ -12,7 +12,9 @@ pub mod targets;
 
 pub use error::DataError;
 pub use images::{scan_images, FoundImage, ImageCatalog};
-pub use loader::{load_micro_batch, LoadedBatch, Loader, LoaderSpec, Payload, TargetFeed};
+pub use loader::{
+    load_micro_batch, load_rows, LoadedBatch, Loader, LoaderSpec, Payload, TargetFeed,
+};
 pub use order::{epoch_order, BatchPlan};
 pub use pixels::RenderSpec;
 pub use rows::{Row, RowSet};

@@ -50,6 +50,7 @@ pub struct Student {
     norm: LayerNorm,
     params: Vec<Param>,
     precision: Precision,
+    init_seed: u64,
 }
 
 impl Student {
@@ -65,11 +66,16 @@ impl Student {
         Student::build(config, relation_heads, seed, device, Tracking::Gradients)
     }
 
-    /// A model for inference only (an online teacher, a probed model): as [`Student::new`]
-    /// with seed 0, but its forward records no gradient graph, so intermediates are freed as
-    /// it goes. Load its weights with [`Student::load_weights`].
-    pub fn frozen(config: &VitConfig, relation_heads: usize, device: &Device) -> Result<Student> {
-        Student::build(config, relation_heads, 0, device, Tracking::Frozen)
+    /// A model for inference only (an online teacher, a probed model, a random-initialised
+    /// twin): as [`Student::new`], but its forward records no gradient graph, so intermediates
+    /// are freed as it goes. Load trained weights with [`Student::load_weights`].
+    pub fn frozen(
+        config: &VitConfig,
+        relation_heads: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Student> {
+        Student::build(config, relation_heads, seed, device, Tracking::Frozen)
     }
 
     fn build(
@@ -108,7 +114,14 @@ impl Student {
             norm,
             params: pb.finish(),
             precision: Precision::F32,
+            init_seed: seed,
         })
+    }
+
+    /// The seed its initial values were drawn from (an export records it, so that a probe can
+    /// rebuild the random-initialised twin).
+    pub fn init_seed(&self) -> u64 {
+        self.init_seed
     }
 
     /// The architecture.
@@ -273,17 +286,40 @@ impl Student {
         self.relation_qkv(pixels, rng)?.relation_logits()
     }
 
-    /// Frozen features for a k-NN probe: every block in full (no drop path), then the final
-    /// `norm`; returns the class token `[B, D]` and the mean of the patch tokens `[B, D]`.
-    pub fn features(&self, pixels: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// Frozen features for a probe: every block in full (no drop path), then the final
+    /// `norm`. Returns the tokens at the two points a probe reads (see [`TokenFeatures`]).
+    pub fn features(&self, pixels: &Tensor) -> Result<TokenFeatures> {
+        let (last, body) = self.blocks.split_last().expect("depth validated positive");
         let mut x = self.embed(pixels)?;
-        for block in &self.blocks {
+        for block in body {
             x = block.forward(&x, None)?;
         }
-        let x = self.norm.forward(&x)?;
-        let n = x.dim(1)?;
-        let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
-        let mean = x.narrow(1, 1, n - 1)?.mean(1)?;
-        Ok((cls, mean))
+        let adaptive_input = x.clone();
+        let x = last.forward(&x, None)?;
+        Ok(TokenFeatures {
+            adaptive_input,
+            final_norm: self.norm.forward(&x)?,
+        })
     }
+}
+
+/// A student's tokens `[B, N, D]` at the two points a probe reads.
+///
+/// The relation loss shapes the tokens entering the adaptive block (their LN1 and q/k/v are
+/// what it compares); the adaptive block's attention output and MLP and the final norm never
+/// receive its gradient, so the final output is a random function of that representation.
+#[derive(Clone, Debug)]
+pub struct TokenFeatures {
+    /// The residual stream entering the adaptive (last) block.
+    pub adaptive_input: Tensor,
+    /// The output of the final norm (what timm/MAE code calls the features).
+    pub final_norm: Tensor,
+}
+
+/// The class token `[B, D]` and the mean of the patch tokens `[B, D]` of tokens `[B, N, D]`.
+pub fn class_and_mean(tokens: &Tensor) -> Result<(Tensor, Tensor)> {
+    let n = tokens.dim(1)?;
+    let cls = tokens.narrow(1, 0, 1)?.squeeze(1)?;
+    let mean = tokens.narrow(1, 1, n - 1)?.mean(1)?;
+    Ok((cls, mean))
 }
