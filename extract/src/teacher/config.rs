@@ -114,6 +114,12 @@ pub struct TeacherConfig {
     pub input: String,
     /// Input side in pixels.
     pub image_size: u32,
+    /// The graph declares a fixed input size but computes its position embedding from the
+    /// input's shape (Hugging Face's DINOv2 interpolates it), so it runs at other sizes too:
+    /// extract declares the input's height and width symbolic and feeds `image_size`. Set it
+    /// only for such graphs; a graph with a fixed-size embedding then fails to run.
+    #[serde(default)]
+    pub any_input_size: bool,
     /// Patch size in pixels.
     pub patch: u32,
     /// Tokens N per view.

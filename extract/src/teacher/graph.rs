@@ -152,6 +152,30 @@ impl OnnxGraph {
         Ok((t.dims.clone(), values))
     }
 
+    /// Declares the height and width of the graph input `name` symbolic, so that ONNX Runtime
+    /// accepts other image sizes than the exporter's (for graphs that compute their position
+    /// embedding from the input's shape). False when there is no such 4-D input.
+    pub fn free_input_size(&mut self, name: &str) -> bool {
+        let graph = self.model.graph.mut_or_insert_default();
+        let Some(vi) = graph.input.iter_mut().find(|i| i.name == name) else {
+            return false;
+        };
+        let Some(type_proto::Value::TensorType(t)) = &mut vi.type_.mut_or_insert_default().value
+        else {
+            return false;
+        };
+        let dims = &mut t.shape.mut_or_insert_default().dim;
+        if dims.len() != 4 {
+            return false;
+        }
+        for (d, symbol) in dims[2..].iter_mut().zip(["height", "width"]) {
+            d.value = Some(
+                onnx_protobuf::tensor_shape_proto::dimension::Value::DimParam(symbol.to_string()),
+            );
+        }
+        true
+    }
+
     /// Makes exactly `names` the graph's outputs (float32, shapes left to inference) and
     /// returns the serialised model. Every name must be produced by a node: otherwise
     /// [`TeacherError::MissingTensor`] names it and its `role`.

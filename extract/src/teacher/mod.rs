@@ -238,6 +238,9 @@ impl Teacher {
             Some(c) => c.clone(),
             None => contract_config(&graph)?,
         };
+        if config.any_input_size {
+            graph.free_input_size(&config.input);
+        }
         check_input(&graph, &config)?;
         let qkv = match &config.qkv {
             Some(names) => Some(qkv_params(&graph, names, config.dim as usize, path)?),
@@ -524,6 +527,7 @@ fn contract_config(graph: &OnnxGraph) -> Result<TeacherConfig, TeacherError> {
             ..Default::default()
         }),
         features: Vec::new(),
+        any_input_size: false,
     };
     if config.heads == 0 || !config.dim.is_multiple_of(config.heads) {
         return Err(TeacherError::BadMetadata {
