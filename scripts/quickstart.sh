@@ -1,53 +1,62 @@
 #!/usr/bin/env bash
-# The main job on the embedded default, from a fresh machine (Rust and Python with pip):
-# fetch the pinned assets, build, extract relation targets from a real pretrained teacher
-# (DINOv2 ViT-S/14) over real photos, train a vit-tiny student from that store, probe it with
-# k-NN on a labelled folder, and plot its loss. Outputs go to runs/quickstart (override with
-# QUICKSTART_OUT). Minutes on a laptop CPU.
+# The main job on the embedded default, from a fresh machine (Rust and Python with pip): fetch the
+# pinned assets, build, extract relation targets from a real pretrained teacher (DINOv2 ViT-S/14
+# at 112 px) over Fashion-MNIST's unlabelled training images, distil a small ViT student from that
+# store, then show whether it learned: its relation loss on held-out test images and k-NN and
+# linear probes on labelled images it never saw, each beside its random-initialised twin (same
+# architecture and seed, zero steps), the teacher's own layers and raw pixels. Outputs go to
+# runs/quickstart (override with QUICKSTART_OUT). Minutes on a laptop CPU.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 out="${QUICKSTART_OUT:-$root/runs/quickstart}"
-views="${QUICKSTART_VIEWS:-8}"
+images="${QUICKSTART_IMAGES:-QUICKSTART_IMAGES_DEFAULT}"
+views="${QUICKSTART_VIEWS:-QUICKSTART_VIEWS_DEFAULT}"
 
 scripts/setup.sh
 cache="${TINYMIM_CACHE:-$root/.cache/tinymim}"
 cargo build --release --locked --bins
 bin="$root/target/release"
+fm="$cache/fashion-mnist"
+teacher=(--teacher "$cache/teachers/vit_s_focus.onnx" --config configs/teachers/dinov2-small-112.toml)
 
 rm -rf "$out"
 mkdir -p "$out"
 start=$(date +%s)
 
-echo "== 1/4 extract: DINOv2-S teacher, $(ls "$cache/photos" | wc -l) photos × $views views, qkv encoding"
-"$bin/extract" --teacher "$cache/teachers/vit_s_focus.onnx" --config configs/teachers/dinov2-small.toml \
-  --images "$cache/photos" --views "$views" --encoding qkv --out "$out/relations.zarr" \
-  | tee "$out/extract.json"
+# Subsets by file name (the same on every machine): the first $images unlabelled training images,
+# 200 held-out test images, and a labelled probe of 50 training / 30 test images per class.
+subset() { # subset SRC DST COUNT: links to the first COUNT files of SRC, sorted by name
+  mkdir -p "$2"
+  ls "$1" | sort | sed -n "1,${3}p" | while read -r f; do ln -s "$1/$f" "$2/$f"; done
+}
+subset "$fm/unlabelled" "$out/data/unlabelled" "$images"
+subset "$fm/held-out" "$out/data/held-out" 200
+for class in $(ls "$fm/probe-train"); do
+  subset "$fm/probe-train/$class" "$out/data/probe-train/$class" 50
+  subset "$fm/probe-test/$class" "$out/data/probe-test/$class" 30
+done
+
+echo "== 1/5 extract: DINOv2-S at 112 px (65 tokens), $images Fashion-MNIST training images × $views views (ln1), and 200 held-out test images × 1 view"
+"$bin/extract" "${teacher[@]}" --images "$out/data/unlabelled" --views "$views" --encoding ln1 \
+  --out "$out/relations.zarr" | tee "$out/extract.json"
+"$bin/extract" "${teacher[@]}" --images "$out/data/held-out" --views 1 --encoding ln1 --quiet \
+  --out "$out/held-out.zarr" > /dev/null
 "$bin/extract" inspect "$out/relations.zarr"
 
-echo "== 2/4 train: vit-tiny (patch 16 at 256 px = the teacher's 257 tokens), recipe cpu-quick"
-"$bin/train" --cache "$out/relations.zarr" --images "$cache/photos" --student vit-tiny --image-size 256 \
-  --recipe configs/recipes/cpu-quick.toml --out "$out/vit-tiny"
+echo "== 2/5 train: QUICKSTART_STUDENT_TEXT, recipe quickstart"
+"$bin/train" --cache "$out/relations.zarr" QUICKSTART_STUDENT_FLAGS --image-size 128 \
+  --recipe configs/recipes/quickstart.toml --out "$out/student"
 
-echo "== 3/4 probe: k-NN on frozen features, scikit-learn digits (10 classes)"
-"$bin/train" probe --model "$out/vit-tiny/model.safetensors" --images "$cache/probe" | tee "$out/probe.txt"
+echo "== 3/5 eval: relation loss on the held-out store, the student beside its random-init twin"
+"$bin/train" eval --cache "$out/held-out.zarr" --model "$out/student/model.safetensors" \
+  --json "$out/eval.json" | tee "$out/eval.txt"
 
-echo "== 4/4 plot"
-"$cache/venv/bin/python" scripts/plot_loss.py "$out/vit-tiny/metrics.jsonl" "$out/loss.png"
+echo "== 4/5 probe: k-NN and linear on frozen features, 500 labelled training / 300 test images"
+"$bin/train" probe --model "$out/student/model.safetensors" --images "$out/data/probe-train" \
+  --test-images "$out/data/probe-test" "${teacher[@]}" --json "$out/probe.json" | tee "$out/probe.txt"
 
-"$cache/venv/bin/python" - "$out" "$(( $(date +%s) - start ))" <<'PY'
-import json, os, sys
-out, wall = sys.argv[1], int(sys.argv[2])
-ex = json.loads(open(os.path.join(out, "extract.json")).read().strip().splitlines()[-1])
-rows = [json.loads(l) for l in open(os.path.join(out, "vit-tiny", "metrics.jsonl")) if l.strip()]
-size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(out, "relations.zarr")) for f in fs)
-first, last = rows[0]["loss"], sum(r["loss"] for r in rows[-3:]) / len(rows[-3:])
-vps = sum(r["views_per_s"] for r in rows[1:]) / max(1, len(rows) - 1)
-print("== summary")
-print(f"store        {out}/relations.zarr: {size / 1e6:.1f} MB, {ex['views_written']} views, {ex['bytes_per_view'] / 1e3:.0f} kB/view ({ex['encoding']})")
-print(f"extract      {ex['views_per_s']:.2f} views/s on {ex['provider']}")
-print(f"train        {len(rows)} steps, {vps:.2f} views/s, loss {first:.4f} -> {last:.4f} (mean of the last 3 steps)")
-print(f"probe        {open(os.path.join(out, 'probe.txt')).read().strip().splitlines()[-1]}")
-print(f"outputs      {out}/vit-tiny/model.safetensors, {out}/loss.png, {out}/vit-tiny/metrics.jsonl")
-print(f"wall time    {wall} s after the build")
-PY
+echo "== 5/5 plot"
+"$cache/venv/bin/python" scripts/plot_loss.py "$out/student/metrics.jsonl" "$out/loss.png"
+
+"$cache/venv/bin/python" scripts/quickstart_summary.py "$out" "$(( $(date +%s) - start ))"

@@ -268,3 +268,61 @@ fn a_config_naming_a_wrong_input_lists_the_real_inputs() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_graph_that_interpolates_its_position_embedding_runs_at_another_size_only_when_allowed() {
+    let options = TeacherOptions {
+        threads: Some(2),
+        ..Default::default()
+    };
+    let at = |size: u32, any_input_size: bool| TeacherConfig {
+        image_size: size,
+        tokens: (size / 14).pow(2) + 1,
+        any_input_size,
+        ..config()
+    };
+    // The graph declares 224 px: 112 is refused unless the config allows any size.
+    let refused = Teacher::load(&common::dinov2_onnx(), Some(&at(112, false)), &options)
+        .err()
+        .expect("112 px against a 224-px declaration")
+        .to_string();
+    assert!(refused.contains("declared shape") && refused.contains("112"), "{refused}");
+
+    let mut small = Teacher::load(&common::dinov2_onnx(), Some(&at(112, true)), &options).unwrap();
+    let (image, _) = SourceImage::open(&common::photo("astronaut.png")).unwrap();
+    let g = small.geometry();
+    let mut pixels = vec![0.0f32; small.pixels_per_view()];
+    let side = image.width().min(image.height());
+    let view = tinymim_formats::View {
+        x: 0,
+        y: 0,
+        w: side,
+        h: side,
+        flip: false,
+    };
+    image
+        .render(&view, g.image_size, &g.normalization, &mut pixels)
+        .unwrap();
+    let batch = small.run(&pixels, 1).unwrap();
+    assert_eq!(batch.q.shape(), &[1, 6, 65, 64], "8×8 patches + the class token");
+    let maps = relation_maps(view3(&batch.q, 0), view3(&batch.k, 0), view3(&batch.v, 0));
+    let cls = maps.slice(s![0, .., 0, ..]);
+    assert!(
+        cls.iter().cloned().fold(0.0, f32::max) > 10.0 / 65.0,
+        "a pretrained teacher still attends selectively at 112 px"
+    );
+
+    // At the declared size the flag changes nothing.
+    let (_, reference) = run_two_views(&[]);
+    let mut same = Teacher::load(&common::dinov2_onnx(), Some(&at(224, true)), &options).unwrap();
+    let mut two = vec![0.0f32; 2 * same.pixels_per_view()];
+    for (i, name) in ["astronaut.png", "chelsea.png"].iter().enumerate() {
+        let (image, hash) = SourceImage::open(&common::photo(name)).unwrap();
+        let view = sample_view(&ViewRecipe::default(), &hash, image.width(), image.height(), i as u32);
+        let per_view = same.pixels_per_view();
+        image
+            .render(&view, 224, &g.normalization, &mut two[i * per_view..(i + 1) * per_view])
+            .unwrap();
+    }
+    assert_eq!(same.run(&two, 2).unwrap().q, reference.q);
+}
