@@ -10,8 +10,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 out="${QUICKSTART_OUT:-$root/runs/quickstart}"
-images="${QUICKSTART_IMAGES:-QUICKSTART_IMAGES_DEFAULT}"
-views="${QUICKSTART_VIEWS:-QUICKSTART_VIEWS_DEFAULT}"
+images="${QUICKSTART_IMAGES:-2000}"
+views="${QUICKSTART_VIEWS:-2}"
 
 scripts/setup.sh
 cache="${TINYMIM_CACHE:-$root/.cache/tinymim}"
@@ -44,8 +44,8 @@ echo "== 1/5 extract: DINOv2-S at 112 px (65 tokens), $images Fashion-MNIST trai
   --out "$out/held-out.zarr" > /dev/null
 "$bin/extract" inspect "$out/relations.zarr"
 
-echo "== 2/5 train: QUICKSTART_STUDENT_TEXT, recipe quickstart"
-"$bin/train" --cache "$out/relations.zarr" QUICKSTART_STUDENT_FLAGS --image-size 128 \
+echo "== 2/5 train: vit-tiny with 6 blocks (patch 16 at 128 px = the teacher's 65 tokens), recipe quickstart"
+"$bin/train" --cache "$out/relations.zarr" --student vit-tiny --depth 6 --image-size 128 \
   --recipe configs/recipes/quickstart.toml --out "$out/student"
 
 echo "== 3/5 eval: relation loss on the held-out store, the student beside its random-init twin"

@@ -81,7 +81,11 @@ fn extract(teacher_config: &str, images: &Path, views: &str, store: &Path) {
         .arg("--teacher")
         .arg(cache().join("teachers/vit_s_focus.onnx"))
         .arg("--config")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/teachers").join(teacher_config))
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../configs/teachers")
+                .join(teacher_config),
+        )
         .arg("--images")
         .arg(images)
         .args(["--views", views, "--batch", "8", "--quiet", "--out"])
@@ -100,7 +104,10 @@ fn a_short_distillation_on_real_data_beats_its_random_twin_on_held_out_images() 
     let fm = cache().join("fashion-mnist");
     let images = first_files(&fm.join("unlabelled"), 48, &tmp.path().join("unlabelled"));
     let held_out = first_files(&fm.join("held-out"), 16, &tmp.path().join("held-out"));
-    let (store, held_out_store) = (tmp.path().join("train.zarr"), tmp.path().join("held-out.zarr"));
+    let (store, held_out_store) = (
+        tmp.path().join("train.zarr"),
+        tmp.path().join("held-out.zarr"),
+    );
     extract("dinov2-small-112.toml", &images, "2", &store);
     extract("dinov2-small-112.toml", &held_out, "1", &held_out_store);
 
@@ -108,9 +115,25 @@ fn a_short_distillation_on_real_data_beats_its_random_twin_on_held_out_images() 
     run(Command::new(binary("train"))
         .arg("--cache")
         .arg(&store)
-        .args(["--student", "vit-tiny", "--dim", "96", "--depth", "3", "--heads", "3"])
+        .args([
+            "--student",
+            "vit-tiny",
+            "--dim",
+            "96",
+            "--depth",
+            "3",
+            "--heads",
+            "3",
+        ])
         .args(["--image-size", "128", "--batch", "8", "--epochs", "5"])
-        .args(["--base-lr", "0.05", "--warmup-epochs", "0.5", "--drop-path", "0"])
+        .args([
+            "--base-lr",
+            "0.05",
+            "--warmup-epochs",
+            "0.5",
+            "--drop-path",
+            "0",
+        ])
         .args(["--seed", "1", "--quiet", "--out"])
         .arg(&run_dir));
     let model = run_dir.join("model.safetensors");
@@ -125,7 +148,10 @@ fn a_short_distillation_on_real_data_beats_its_random_twin_on_held_out_images() 
         .arg(tmp.path().join("eval.json")));
     let report = json(&tmp.path().join("eval.json"));
     assert_eq!(report["views"], 16, "{eval}");
-    assert_eq!(report["twin_seed"], 1, "the twin has the run's seed:\n{eval}");
+    assert_eq!(
+        report["twin_seed"], 1,
+        "the twin has the run's seed:\n{eval}"
+    );
     let (student, twin) = (
         report["student"]["loss"].as_f64().unwrap(),
         report["twin"]["loss"].as_f64().unwrap(),
@@ -151,7 +177,9 @@ fn a_short_distillation_on_real_data_beats_its_random_twin_on_held_out_images() 
         .arg("--teacher")
         .arg(cache().join("teachers/vit_s_focus.onnx"))
         .arg("--config")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/teachers/dinov2-small-112.toml"))
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/teachers/dinov2-small-112.toml"),
+        )
         .args(["--k", "5", "--json"])
         .arg(tmp.path().join("probe.json")));
     let report = json(&tmp.path().join("probe.json"));
@@ -159,9 +187,16 @@ fn a_short_distillation_on_real_data_beats_its_random_twin_on_held_out_images() 
     let count = |model: &str| rows.iter().filter(|r| r["model"] == model).count();
     assert_eq!(count("student"), 4, "2 points × 2 poolings:\n{probe}");
     assert_eq!(count("random-init twin"), 4, "{probe}");
-    assert_eq!(count("teacher"), 26, "12 blocks and the final norm × 2 poolings:\n{probe}");
+    assert_eq!(
+        count("teacher"),
+        26,
+        "12 blocks and the final norm × 2 poolings:\n{probe}"
+    );
     assert_eq!(count("raw pixels"), 1, "{probe}");
-    assert_eq!((report["train"].as_u64(), report["test"].as_u64()), (Some(40), Some(10)));
+    assert_eq!(
+        (report["train"].as_u64(), report["test"].as_u64()),
+        (Some(40), Some(10))
+    );
     // DINOv2's own features tell Fashion-MNIST's classes apart far above chance (10 %).
     let best_teacher = rows
         .iter()
@@ -169,7 +204,10 @@ fn a_short_distillation_on_real_data_beats_its_random_twin_on_held_out_images() 
         .map(|r| r["knn_top1"].as_f64().unwrap())
         .fold(0.0, f64::max);
     assert!(best_teacher >= 0.5, "{probe}");
-    assert!(probe.contains("summary: student") && probe.contains("random-init twin"), "{probe}");
+    assert!(
+        probe.contains("summary: student") && probe.contains("random-init twin"),
+        "{probe}"
+    );
 }
 
 #[test]
@@ -251,4 +289,3 @@ fn student_learns_from_a_store_extracted_by_the_real_teacher() {
         "relation loss should fall clearly: first three steps {start:.4}, last three {end:.4}"
     );
 }
-

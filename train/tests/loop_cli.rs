@@ -225,6 +225,7 @@ fn help_lists_the_options_and_missing_out_is_refused() {
         "--resume",
         "--no-jitter",
         "probe",
+        "eval",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}");
     }
@@ -235,7 +236,7 @@ fn help_lists_the_options_and_missing_out_is_refused() {
 
 #[test]
 fn recipes_parse_and_fill_the_run() {
-    for recipe in ["tinymim-300ep", "cpu-quick"] {
+    for recipe in ["tinymim-300ep", "cpu-quick", "quickstart", "transfer"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../configs/recipes")
             .join(format!("{recipe}.toml"));
@@ -302,7 +303,7 @@ fn trains_online_from_a_teacher_checkpoint_then_probes_the_export() {
     assert!(result.status.success(), "{}", stderr(&result));
     let stdout = String::from_utf8_lossy(&result.stdout);
     assert!(
-        stdout.contains("top-1") && stdout.contains("class token"),
+        stdout.contains("random-init twin") && stdout.contains("summary: student"),
         "{stdout}"
     );
 }
