@@ -31,45 +31,9 @@ pub const ORT_DYLIB_PATH: &str = "ORT_DYLIB_PATH";
 /// Environment variable naming the asset cache (see `scripts/setup.sh`).
 pub const TINYMIM_CACHE: &str = "TINYMIM_CACHE";
 
-/// Where the teacher runs, as asked for on the command line: `auto`, `cpu`, `cuda` or `cuda:N`
-/// (the N-th GPU the process sees, after `CUDA_VISIBLE_DEVICES`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Device {
-    /// CUDA when the library has the CUDA execution provider and a GPU is present, else CPU.
-    #[default]
-    Auto,
-    /// The CPU execution provider.
-    Cpu,
-    /// The CUDA execution provider on this GPU; an error when it is unavailable.
-    Cuda(usize),
-}
-
-impl std::str::FromStr for Device {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Device::Auto),
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Device::Cuda)
-                .ok_or_else(|| format!("unknown device `{s}`: expected auto, cpu, cuda or cuda:N")),
-        }
-    }
-}
-
-impl std::fmt::Display for Device {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Device::Auto => write!(f, "auto"),
-            Device::Cpu => write!(f, "cpu"),
-            Device::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
+/// Where the teacher runs, as asked for on the command line (`--device`): with `auto`, CUDA
+/// when the library has the CUDA execution provider and a GPU is present, else the CPU.
+pub use tinymim_formats::DeviceSpec as Device;
 
 /// The execution provider a session actually runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -411,17 +375,6 @@ mod tests {
             .position(|f| f.ends_with(".cache/tinymim/onnxruntime"));
         assert!(gpu.is_some() && cpu.is_some(), "{folders:?}");
         assert_eq!(gpu.unwrap() + 1, cpu.unwrap(), "{folders:?}");
-    }
-
-    #[test]
-    fn devices_parse_and_print_back() {
-        for text in ["auto", "cpu", "cuda:0", "cuda:3"] {
-            assert_eq!(text.parse::<Device>().unwrap().to_string(), text);
-        }
-        assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
-        for bad in ["gpu", "cuda:", "cuda:one", ""] {
-            assert!(bad.parse::<Device>().is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - [`relation`]: relation maps softmax(q·kᵀ/√d), softmax(v·vᵀ/√d) computed on the CPU;
 //! - [`store`]: the content-addressed Zarr v3 relation store (`relations.zarr`).
 
+pub mod device;
 pub mod encoding;
 pub mod hash;
 pub mod relation;
@@ -21,6 +22,7 @@ pub mod store;
 pub mod teacher;
 pub mod view;
 
+pub use device::DeviceSpec;
 pub use encoding::Encoding;
 pub use hash::{content_key, Hash32};
 pub use relation::{decode_maps, relation_maps, split_heads_qkv};

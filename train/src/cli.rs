@@ -233,12 +233,12 @@ impl ProbeArgs {
             images: self.images.clone(),
             test_images: self.test_images.clone(),
             k: self.k,
-            device: self.device.open()?,
+            device: tinymim_train::device::open(self.device)?,
             twin_seed: self.twin_seed,
             teacher: self.teacher.as_ref().map(|model| TeacherSpec {
                 model: model.clone(),
                 config: self.config.clone(),
-                device: self.device.onnx_runtime(),
+                device: self.device,
             }),
         })
     }
@@ -283,7 +283,7 @@ impl EvalArgs {
             images: self.images.clone(),
             model: self.model.clone(),
             batch: self.batch,
-            device: self.device.open()?,
+            device: tinymim_train::device::open(self.device)?,
             twin_seed: self.twin_seed,
         })
     }
@@ -395,7 +395,7 @@ impl TrainArgs {
             },
             (None, None) => bail!("pass --cache STORE or --teacher CHECKPOINT"),
         };
-        let device = self.device.open()?;
+        let device = tinymim_train::device::open(self.device)?;
         let mut student = self.student(self.drop_path.or(recipe.drop_path))?;
         if let (None, Some(store)) = (self.image_size, &self.cache) {
             if let Some(size) = image_size_for(store, student.patch)? {

@@ -35,7 +35,7 @@ pub fn device() -> Device {
         .unwrap_or_else(|| "cpu".into())
         .parse()
         .unwrap_or_else(|e| panic!("{e}"));
-    spec.open().unwrap_or_else(|e| panic!("{e}"))
+    tinymim_train::device::open(spec).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A precision by its command-line name.

@@ -117,7 +117,7 @@ fn validation_split(labels: &[usize]) -> (Vec<usize>, Vec<usize>) {
     let mut seen = vec![0usize; classes];
     let (mut fit, mut val) = (Vec::new(), Vec::new());
     for (i, &c) in labels.iter().enumerate() {
-        if seen[c] % VALIDATION_EVERY == 0 {
+        if seen[c].is_multiple_of(VALIDATION_EVERY) {
             &mut val
         } else {
             &mut fit

@@ -65,7 +65,7 @@ pub struct TeacherSpec {
     /// Its config (third-party models), as for `extract --config`.
     pub config: Option<PathBuf>,
     /// Where ONNX Runtime runs it.
-    pub device: tinymim_extract::runtime::Device,
+    pub device: tinymim_formats::DeviceSpec,
 }
 
 /// What to probe.
@@ -478,7 +478,7 @@ pub fn probe(config: &ProbeConfig) -> Result<ProbeReport> {
         let mut teacher = TeacherFeatures::load(&spec.model, spec.config.as_deref(), spec.device)?;
         let train = teacher.features(&train_images)?;
         let test = teacher.features(&test_images)?;
-        add_pooled(TEACHER, &teacher.names().to_vec(), train, test);
+        add_pooled(TEACHER, teacher.names(), train, test);
     }
     let raw = |images: &[&FoundImage]| -> Result<Vec<Vec<f32>>> {
         let len = 3 * (PIXELS_SIZE as usize).pow(2);

@@ -4,9 +4,8 @@
 
 use std::path::Path;
 
-use tinymim_extract::runtime::Device;
 use tinymim_extract::teacher::{Teacher, TeacherConfig, TeacherOptions};
-use tinymim_formats::Normalization;
+use tinymim_formats::{DeviceSpec as Device, Normalization};
 
 use super::{render_batch, Pooled, BATCH};
 use crate::data::FoundImage;
