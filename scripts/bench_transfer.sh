@@ -59,6 +59,10 @@ probe() {
 # distil NAME STORE STUDENT_FLAGS EPOCHS HELD_OUT: train, held-out loss, probe; wall times in NAME/times.json
 distil() {
   local name=$1 store=$2 flags=$3 epochs=$4 held_out=$5
+  if [ -f "$out/$name/probe.json" ]; then
+    log "$name: finished in an earlier run, kept (delete $out/$name to redo it)"
+    return
+  fi
   log "train $name: $flags, $epochs epochs from $(basename "$store")"
   rm -rf "$out/$name"
   local t0 t1
