@@ -36,6 +36,13 @@ fn run_two_views(extra: &[&str]) -> (Teacher, TeacherBatch) {
         ..Default::default()
     };
     let mut teacher = Teacher::load(&common::dinov2_onnx(), Some(&config()), &options).unwrap();
+    let pixels = two_view_pixels(&teacher);
+    let batch = teacher.run(&pixels, 2).unwrap();
+    (teacher, batch)
+}
+
+/// Two sampled views of real photos rendered for `teacher` (`[2, 3, S, S]`).
+fn two_view_pixels(teacher: &Teacher) -> Vec<f32> {
     let g = teacher.geometry();
     let per_view = teacher.pixels_per_view();
     let mut pixels = vec![0.0f32; 2 * per_view];
@@ -57,8 +64,7 @@ fn run_two_views(extra: &[&str]) -> (Teacher, TeacherBatch) {
             )
             .unwrap();
     }
-    let batch = teacher.run(&pixels, 2).unwrap();
-    (teacher, batch)
+    pixels
 }
 
 fn view3(a: &Array4<f32>, i: usize) -> ArrayView3<'_, f32> {
@@ -326,25 +332,6 @@ fn a_graph_that_interpolates_its_position_embedding_runs_at_another_size_only_wh
     // At the declared size the flag changes nothing.
     let (_, reference) = run_two_views(&[]);
     let mut same = Teacher::load(&common::dinov2_onnx(), Some(&at(224, true)), &options).unwrap();
-    let mut two = vec![0.0f32; 2 * same.pixels_per_view()];
-    for (i, name) in ["astronaut.png", "chelsea.png"].iter().enumerate() {
-        let (image, hash) = SourceImage::open(&common::photo(name)).unwrap();
-        let view = sample_view(
-            &ViewRecipe::default(),
-            &hash,
-            image.width(),
-            image.height(),
-            i as u32,
-        );
-        let per_view = same.pixels_per_view();
-        image
-            .render(
-                &view,
-                224,
-                &g.normalization,
-                &mut two[i * per_view..(i + 1) * per_view],
-            )
-            .unwrap();
-    }
+    let two = two_view_pixels(&same);
     assert_eq!(same.run(&two, 2).unwrap().q, reference.q);
 }

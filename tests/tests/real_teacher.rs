@@ -44,29 +44,12 @@ fn run(cmd: &mut Command) -> String {
     text
 }
 
-/// A folder with the first `count` cached photos (sorted by name).
-fn photos(count: usize, dir: &Path) -> PathBuf {
-    let src = cache().join("photos");
-    let mut names: Vec<_> = std::fs::read_dir(&src)
-        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/setup.sh", src.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "png" || x == "jpg"))
-        .collect();
-    names.sort();
-    let out = dir.join("photos");
-    std::fs::create_dir_all(&out).unwrap();
-    for p in names.into_iter().take(count) {
-        std::fs::copy(&p, out.join(p.file_name().unwrap())).unwrap();
-    }
-    out
-}
-
 /// A folder of the first `count` files (sorted by name) of `src`, copied.
 fn first_files(src: &Path, count: usize, dst: &Path) -> PathBuf {
     let mut names: Vec<_> = std::fs::read_dir(src)
         .unwrap_or_else(|e| panic!("{}: {e}; run scripts/setup.sh", src.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
+        .filter(|p| p.is_file() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
         .collect();
     names.sort();
     std::fs::create_dir_all(dst).unwrap();
@@ -76,7 +59,8 @@ fn first_files(src: &Path, count: usize, dst: &Path) -> PathBuf {
     dst.to_path_buf()
 }
 
-fn extract(teacher_config: &str, images: &Path, views: &str, store: &Path) {
+/// `extract` with the real teacher and `teacher_config` over `images` into `store`, plus `extra`.
+fn extract(teacher_config: &str, images: &Path, views: &str, store: &Path, extra: &[&str]) {
     run(Command::new(binary("extract"))
         .arg("--teacher")
         .arg(cache().join("teachers/vit_s_focus.onnx"))
@@ -88,7 +72,9 @@ fn extract(teacher_config: &str, images: &Path, views: &str, store: &Path) {
         )
         .arg("--images")
         .arg(images)
-        .args(["--views", views, "--batch", "8", "--quiet", "--out"])
+        .args(["--views", views, "--batch", "8", "--quiet"])
+        .args(extra)
+        .arg("--out")
         .arg(store));
 }
 
@@ -108,8 +94,14 @@ fn a_short_distillation_on_real_data_beats_its_random_twin_on_held_out_images() 
         tmp.path().join("train.zarr"),
         tmp.path().join("held-out.zarr"),
     );
-    extract("dinov2-small-112.toml", &images, "2", &store);
-    extract("dinov2-small-112.toml", &held_out, "1", &held_out_store);
+    extract("dinov2-small-112.toml", &images, "2", &store, &[]);
+    extract(
+        "dinov2-small-112.toml",
+        &held_out,
+        "1",
+        &held_out_store,
+        &[],
+    );
 
     let run_dir = tmp.path().join("student");
     run(Command::new(binary("train"))
@@ -213,26 +205,15 @@ fn a_short_distillation_on_real_data_beats_its_random_twin_on_held_out_images() 
 #[test]
 fn student_learns_from_a_store_extracted_by_the_real_teacher() {
     let tmp = tempfile::tempdir().unwrap();
-    let images = photos(4, tmp.path());
+    let images = first_files(&cache().join("photos"), 4, &tmp.path().join("photos"));
     let store = tmp.path().join("relations.zarr");
-    run(Command::new(binary("extract"))
-        .arg("--teacher")
-        .arg(cache().join("teachers/vit_s_focus.onnx"))
-        .arg("--config")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/teachers/dinov2-small.toml"))
-        .arg("--images")
-        .arg(&images)
-        .args([
-            "--views",
-            "2",
-            "--encoding",
-            "qkv",
-            "--batch",
-            "4",
-            "--quiet",
-            "--out",
-        ])
-        .arg(&store));
+    extract(
+        "dinov2-small.toml",
+        &images,
+        "2",
+        &store,
+        &["--encoding", "qkv"],
+    );
 
     // A small student whose width the teacher's 6 heads divide, patch 16 at 256 px = 257 tokens.
     let run_dir = tmp.path().join("student");

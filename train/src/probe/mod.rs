@@ -310,17 +310,19 @@ fn no_class(image: &FoundImage) -> RunError {
     ))
 }
 
-/// The student's (or twin's) features of `images` at both probe points.
-fn student_features(student: &Student, images: &[&FoundImage]) -> Result<[Pooled; 2]> {
-    let size = student.config().image_size as u32;
-    let mut out = [Pooled::default(), Pooled::default()];
+/// Features of `images` at both probe points for each of `models` (the student and its twin:
+/// same input size), each image decoded and rendered once for all of them.
+fn student_features(models: &[&Student], images: &[&FoundImage]) -> Result<Vec<[Pooled; 2]>> {
+    let size = models[0].config().image_size;
+    let mut out = vec![[Pooled::default(), Pooled::default()]; models.len()];
     for chunk in images.chunks(BATCH) {
-        let pixels = render_batch(chunk, size, &Normalization::IMAGENET)?;
-        let s = size as usize;
-        let pixels = Tensor::from_vec(pixels, (chunk.len(), 3, s, s), student.device())?;
-        let tokens = student.features(&pixels)?;
-        out[0].push_tensor(&tokens.adaptive_input)?;
-        out[1].push_tensor(&tokens.final_norm)?;
+        let pixels = render_batch(chunk, size as u32, &Normalization::IMAGENET)?;
+        let pixels = Tensor::from_vec(pixels, (chunk.len(), 3, size, size), models[0].device())?;
+        for (model, [adaptive_input, final_norm]) in models.iter().zip(&mut out) {
+            let tokens = model.features(&pixels)?;
+            adaptive_input.push_tensor(&tokens.adaptive_input)?;
+            final_norm.push_tensor(&tokens.final_norm)?;
+        }
     }
     Ok(out)
 }
@@ -469,10 +471,11 @@ pub fn probe(config: &ProbeConfig) -> Result<ProbeReport> {
         }
     };
     let points = [ADAPTIVE_INPUT.to_string(), FINAL_NORM.to_string()];
-    for (name, model) in [(STUDENT, &student), (TWIN, &twin)] {
-        let train = student_features(model, &train_images)?;
-        let test = student_features(model, &test_images)?;
-        add_pooled(name, &points, train.into(), test.into());
+    let models = [&student, &twin];
+    let on_train = student_features(&models, &train_images)?;
+    let on_test = student_features(&models, &test_images)?;
+    for ((name, a), b) in [STUDENT, TWIN].into_iter().zip(on_train).zip(on_test) {
+        add_pooled(name, &points, a.into(), b.into());
     }
     if let Some(spec) = &config.teacher {
         let mut teacher = TeacherFeatures::load(&spec.model, spec.config.as_deref(), spec.device)?;
