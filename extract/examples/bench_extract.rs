@@ -31,8 +31,9 @@ use std::time::{Duration, Instant};
 use ndarray::{Array4, Axis};
 
 use tinymim_extract::pipeline::{extract, ExtractOptions};
-use tinymim_extract::source::{walk, Shard};
+use tinymim_extract::source::Shard;
 use tinymim_extract::teacher::{Teacher, TeacherConfig, TeacherOptions};
+use tinymim_formats::images::walk;
 use tinymim_formats::view::sample_views;
 use tinymim_formats::{relation_maps, Encoding, RelationStore, SourceImage, ViewRecipe};
 

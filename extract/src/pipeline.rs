@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
+use tinymim_formats::images::{walk, ImageFile, WalkError};
 use tinymim_formats::view::sample_views;
 use tinymim_formats::{
     content_key, Encoding, Hash32, ImageEntry, RelationStore, RowMeta, SourceImage, StoreError,
@@ -29,7 +30,7 @@ use tinymim_formats::{
 };
 
 use crate::encode::{encode_batch, EncodeError};
-use crate::source::{walk, Shard, SourceError, SourceFile};
+use crate::source::Shard;
 use crate::teacher::{Teacher, TeacherBatch, TeacherError};
 
 /// What to extract and where to.
@@ -111,7 +112,7 @@ pub struct Summary {
 pub enum ExtractError {
     /// The source folder could not be listed.
     #[error(transparent)]
-    Source(#[from] SourceError),
+    Source(#[from] WalkError),
     /// The store could not be created, or refused this run (another teacher, encoding, …).
     #[error("{path}: cannot extract into this store: {source}")]
     Open {
@@ -370,7 +371,7 @@ struct RenderContext {
 
 /// Renders every file on a pool of `threads`; returns the number of files.
 fn render_stage(
-    files: Vec<SourceFile>,
+    files: Vec<ImageFile>,
     ctx: RenderContext,
     threads: usize,
     out: SyncSender<Outcome>,
@@ -390,7 +391,7 @@ fn render_stage(
     count
 }
 
-fn render_file(file: &SourceFile, ctx: &RenderContext) -> Outcome {
+fn render_file(file: &ImageFile, ctx: &RenderContext) -> Outcome {
     let bad = |reason: String| {
         Outcome::Bad(BadImage {
             path: file.relative.clone(),

@@ -347,6 +347,40 @@ fn bad_checkpoints_name_the_tensor_and_shapes() {
         "{err}"
     );
 
+    // LayerScale would change the network: refused by name, not ignored.
+    let mut tensors: HashMap<String, Tensor> =
+        candle_core::pickle::read_all_with_key(fixture("mae_tiny.pth"), Some("model"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let gamma = Tensor::ones(64, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    tensors.insert("blocks.2.ls1.gamma".into(), gamma);
+    let layerscale = dir.path().join("layerscale.safetensors");
+    candle_core::safetensors::save(&tensors, &layerscale).unwrap();
+    let err = export_err(&layerscale, &TINY_FLAGS);
+    assert!(
+        err.contains("blocks.2.ls1.gamma") && err.contains("LayerScale"),
+        "{err}"
+    );
+    // MAE's decoder is listed as ignored, and the export goes ahead.
+    tensors.remove("blocks.2.ls1.gamma");
+    let mask = Tensor::zeros(
+        (1, 1, 32),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    tensors.insert("mask_token".into(), mask);
+    let with_decoder = dir.path().join("with-decoder.safetensors");
+    candle_core::safetensors::save(&tensors, &with_decoder).unwrap();
+    let output = export(&with_decoder, &dir.path().join("ok.onnx"), &TINY_FLAGS);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    assert!(
+        log.contains("ignored 1 tensor: the MAE decoder (1)"),
+        "{log}"
+    );
+
     let garbage = dir.path().join("garbage.pth");
     std::fs::write(&garbage, b"not a zip archive").unwrap();
     let err = export_err(&garbage, &TINY_FLAGS);

@@ -6,21 +6,25 @@
 //! - [`view`]: a view is a crop box in source pixels plus a flip bit, sampled deterministically
 //!   from (image hash, run seed, view index) with RandomResizedCrop's recipe;
 //! - [`render`]: the one function that turns image bytes and a view into normalised pixels;
+//! - [`images`]: image folders, walked and labelled by one rule;
 //! - [`hash`]: image hashes, teacher fingerprints and content keys (blake3);
 //! - [`teacher`]: the teacher's geometry (tokens, heads, width, target block, …) and the ONNX
 //!   teacher contract;
 //! - [`encoding`]: the three encodings of relation targets (`maps`, `qkv`, `ln1`);
 //! - [`relation`]: relation maps softmax(q·kᵀ/√d), softmax(v·vᵀ/√d) computed on the CPU;
-//! - [`store`]: the content-addressed Zarr v3 relation store (`relations.zarr`).
+//! - [`store`]: the content-addressed Zarr v3 relation store (`relations.zarr`);
+//! - [`vit`]: the ViT architectures and their timm/MAE checkpoints, which both phases read.
 
 pub mod device;
 pub mod encoding;
 pub mod hash;
+pub mod images;
 pub mod relation;
 pub mod render;
 pub mod store;
 pub mod teacher;
 pub mod view;
+pub mod vit;
 
 pub use device::DeviceSpec;
 pub use encoding::Encoding;

@@ -92,10 +92,10 @@ pub enum RenderError {
     /// The file has no bytes.
     #[error("{path}: empty file (0 bytes)")]
     Empty { path: PathBuf },
-    /// The bytes are neither a JPEG nor a PNG.
-    #[error("{path}: not a JPEG or PNG image")]
+    /// The bytes are none of the formats read (JPEG, PNG, WebP, BMP, TIFF).
+    #[error("{path}: not a JPEG, PNG, WebP, BMP or TIFF image")]
     NotAnImage { path: PathBuf },
-    /// A JPEG or PNG whose data is damaged, cut short, or uses a coding process the decoder
+    /// An image whose data is damaged, cut short, or uses a coding process the decoder
     /// lacks (lossless or arithmetic-coded JPEG).
     #[error("{path}: corrupt or truncated image: {reason}")]
     Corrupt { path: PathBuf, reason: String },
@@ -169,7 +169,8 @@ impl SourceImage {
     /// Largest accepted side in pixels; larger images are refused as [`RenderError::TooLarge`].
     pub const MAX_SIDE: u32 = 16384;
 
-    /// Decodes image bytes (JPEG or PNG, recognised by content, not by name) to 8-bit RGB;
+    /// Decodes image bytes (JPEG, PNG, WebP, BMP or TIFF, recognised by content, not by name:
+    /// a PNG named `.JPEG` decodes as the PNG it is) to 8-bit RGB;
     /// `name` is only used in error messages. Never panics; each failure is a typed error.
     pub fn decode(bytes: &[u8], name: &Path) -> Result<Self, RenderError> {
         let path = || name.to_path_buf();
@@ -183,7 +184,13 @@ impl SourceImage {
                 reason: e.to_string(),
             })?;
         let format = match reader.format() {
-            Some(f @ (ImageFormat::Jpeg | ImageFormat::Png)) => f,
+            Some(
+                f @ (ImageFormat::Jpeg
+                | ImageFormat::Png
+                | ImageFormat::WebP
+                | ImageFormat::Bmp
+                | ImageFormat::Tiff),
+            ) => f,
             _ => return Err(RenderError::NotAnImage { path: path() }),
         };
         if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {

@@ -530,6 +530,26 @@ fn cmyk_jpeg_decodes_like_pillow() {
     assert!(max <= 2 && mean < 0.05, "max {max}, mean {mean}");
 }
 
+/// WebP (lossless and lossy), BMP and TIFF files and a PNG named `.JPEG`, written by Pillow,
+/// decode to exactly Pillow's pixels (image-webp's lossy decode is libwebp's, bit for bit).
+#[test]
+fn other_formats_decode_like_pillow() {
+    for name in [
+        "lossless.webp",
+        "lossy.webp",
+        "image.bmp",
+        "raw.tif",
+        "lzw.tif",
+        "png_named.JPEG",
+    ] {
+        let image =
+            decode(&fixture(&format!("formats/{name}"))).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!((image.width(), image.height()), (48, 32), "{name}");
+        let (max, _, mean) = differences(image.pixels(), &fixture(&format!("formats/{name}.rgb")));
+        assert_eq!(max, 0, "{name}: max {max}, mean {mean}");
+    }
+}
+
 fn assert_error(
     result: Result<SourceImage, RenderError>,
     what: &str,

@@ -107,7 +107,7 @@ fn main() {
         source: SourceConfig::Online {
             teacher,
             options: TeacherOptions {
-                heads,
+                heads: Some(heads),
                 target_block: None,
                 image_size: None,
             },

@@ -88,10 +88,14 @@ pub struct TrainArgs {
     /// Teacher checkpoint (timm/MAE-named .safetensors or MAE .pth): targets computed online.
     #[arg(long, value_name = "CHECKPOINT")]
     pub teacher: Option<PathBuf>,
-    /// Attention heads of the online teacher [default: `heads` of a config.json beside it].
+    /// Relation heads of the online teacher's target block, and its attention heads where
+    /// nothing else gives them [default: `heads` of a config.json beside a .safetensors, else
+    /// the preset or standard ViT of the checkpoint's width: 192/3, 384/6, 768/12, 1024/16,
+    /// 1280/16].
     #[arg(long, value_name = "H", requires = "teacher")]
     pub teacher_heads: Option<usize>,
-    /// Target block of the online teacher, 1-based [default: its last block].
+    /// Target block of the online teacher, 1-based [default: the preset's of its width and
+    /// depth (MAE ViT-L: 18), else its last block].
     #[arg(long, value_name = "BLOCK", requires = "teacher")]
     pub target_block: Option<usize>,
     /// Input size of the online teacher [default: from its pos_embed].
@@ -384,10 +388,7 @@ impl TrainArgs {
             (None, Some(teacher)) => SourceConfig::Online {
                 teacher: teacher.clone(),
                 options: TeacherOptions {
-                    heads: match self.teacher_heads {
-                        Some(h) => h,
-                        None => exported_heads(teacher)?,
-                    },
+                    heads: self.teacher_heads,
                     target_block: self.target_block,
                     image_size: self.teacher_image_size,
                 },
@@ -441,22 +442,4 @@ fn image_size_for(store: &Path, patch: usize) -> anyhow::Result<Option<usize>> {
     let patches = (opened.header().geometry.tokens as usize).saturating_sub(1);
     let grid = (patches as f64).sqrt().round() as usize;
     Ok((grid > 0 && grid * grid == patches).then_some(grid * patch))
-}
-
-/// The `heads` of the `config.json` beside an exported teacher, or a sentence asking for
-/// --teacher-heads.
-fn exported_heads(teacher: &Path) -> anyhow::Result<usize> {
-    let path = teacher.with_file_name("config.json");
-    let heads = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .and_then(|v| v.get("heads")?.as_u64());
-    match heads {
-        Some(h) => Ok(h as usize),
-        None => bail!(
-            "{}: the teacher's head count is unknown (no config.json with `heads` beside it); \
-             pass --teacher-heads H",
-            teacher.display()
-        ),
-    }
 }

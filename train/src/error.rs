@@ -77,6 +77,9 @@ pub enum TrainError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A teacher checkpoint or its architecture is unusable.
+    #[error(transparent)]
+    Vit(#[from] tinymim_formats::vit::VitError),
     /// A tensor operation failed (a bug or an exhausted device, not bad user input).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -2,11 +2,13 @@
 //! fixed `pos_embed` materialised as `[1, N, D]`) and a `config.json` with the architecture;
 //! and reads an export back (a probed or evaluated model, with its random-initialised twin).
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use serde::Deserialize;
 use serde_json::json;
+use tinymim_formats::vit::Checkpoint;
 
 use crate::atomic::{save_safetensors, write_atomic};
 use crate::config::VitConfig;
@@ -106,8 +108,16 @@ pub fn load_exported(model: &Path, device: &Device) -> Result<(Student, Option<u
         drop_path: 0.0,
     };
     let student = Student::frozen(&config, c.relation_heads, c.init_seed.unwrap_or(0), device)?;
-    let tensors = candle_core::safetensors::load(model, device)
-        .map_err(|e| bad(model, format!("not a safetensors file: {e}")))?;
+    let checkpoint = Checkpoint::open(model)?;
+    let tensors: HashMap<String, Tensor> = checkpoint
+        .names()
+        .map(|name| {
+            Ok((
+                name.to_string(),
+                checkpoint.tensor(name)?.to_device(device)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
     student.load_weights(&tensors, &model.display().to_string())?;
     Ok((student, c.init_seed))
 }

@@ -6,14 +6,15 @@
 //! last-block q, k and v are exactly the teacher's target-block q, k and v.
 //!
 //! The checkpoint's `pos_embed` is used as stored: MAE's fixed sin-cos table or a learned one
-//! (timm's supervised ViTs, BEiT-style checkpoints converted to timm names). It must have the
-//! input size's token count: position embeddings are not interpolated.
+//! (timm's supervised ViTs). It must have the input size's token count: position embeddings
+//! are not interpolated.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use tinymim_formats::{Normalization, TeacherGeometry};
+use tinymim_formats::vit::{ArchFile, ArchOverrides, Checkpoint, VitArch, VitError};
+use tinymim_formats::TeacherGeometry;
 
 use crate::config::VitConfig;
 use crate::data::relation_maps;
@@ -21,12 +22,14 @@ use crate::data::DataError;
 use crate::error::{Result, TrainError};
 use crate::model::{Student, POS_EMBED};
 
-/// What the checkpoint cannot say about the teacher.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the command line says of the teacher; the rest is read as `extract teacher` reads it
+/// ([`tinymim_formats::vit`]): a `config.json` beside a `.safetensors`, the built-in preset of
+/// the checkpoint's width and depth, the tensor shapes, the heads of the standard widths.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TeacherOptions {
-    /// Attention heads of the teacher (its relation heads).
-    pub heads: usize,
-    /// Target block, 1-based; `None` = the checkpoint's last block.
+    /// Relation heads of the target block (and the teacher's heads where nothing else says).
+    pub heads: Option<usize>,
+    /// Target block, 1-based; `None` = the preset's, else the checkpoint's last block.
     pub target_block: Option<usize>,
     /// Input side in pixels; `None` = from the checkpoint's `pos_embed`.
     pub image_size: Option<usize>,
@@ -41,32 +44,51 @@ pub struct OnlineTeacher {
 
 impl OnlineTeacher {
     /// Loads a teacher from a timm/MAE-named `.safetensors` file or an MAE `.pth` checkpoint
-    /// (its `model` entry), truncated after the target block.
+    /// (its `model` entry), truncated after the target block. Tensors of MAE's decoder or a
+    /// classifier head are listed as ignored on stderr; any tensor that is not a plain ViT's
+    /// is refused.
     pub fn load(path: &Path, options: &TeacherOptions, device: &Device) -> Result<OnlineTeacher> {
-        let tensors = read_tensors(path, device)?;
-        let origin = path.display().to_string();
-        let config = infer_config(&tensors, options, path)?;
-        let mut model = Student::frozen(&config, options.heads, 0, device)?;
-        let wanted: HashMap<String, Tensor> = tensors
-            .iter()
-            .filter(|(name, _)| model.params().iter().any(|p| &p.name == *name))
-            .map(|(n, t)| (n.clone(), t.clone()))
-            .collect();
-        model.load_weights(&wanted, &origin)?;
-        if let Some(pos) = tensors.get(POS_EMBED) {
-            model.replace_pos_embed(pos, &origin)?;
-        }
-        let geometry = TeacherGeometry {
-            arch: format!("vit-online-{}", config.dim),
-            tokens: config.tokens() as u32,
-            heads: options.heads as u32,
-            dim: config.dim as u32,
-            target_block: config.depth as u32,
-            patch: config.patch as u32,
-            image_size: config.image_size as u32,
-            normalization: Normalization::IMAGENET,
+        let checkpoint = Checkpoint::open(path).map_err(|e| vit_error(path, e))?;
+        let overrides = ArchOverrides {
+            heads: options.heads,
+            target_block: options.target_block,
+            image_size: options.image_size,
+            ..ArchOverrides::default()
         };
-        Ok(OnlineTeacher { model, geometry })
+        let arch = ArchFile::describe(&checkpoint, None)
+            .and_then(|file| VitArch::resolve(&overrides, &file))
+            .map_err(|e| vit_error(path, e))?;
+        let account = arch.check(&checkpoint).map_err(|e| vit_error(path, e))?;
+        if let Some(ignored) = account.ignored_summary() {
+            eprintln!("{}: {ignored}", path.display());
+        }
+        let origin = path.display().to_string();
+        let config = VitConfig {
+            dim: arch.dim,
+            depth: arch.target_block,
+            heads: arch.heads,
+            mlp_dim: arch.mlp_dim,
+            patch: arch.patch,
+            image_size: arch.image_size,
+            drop_path: 0.0,
+        };
+        config.validate(&origin)?;
+        let mut model = Student::frozen(&config, arch.relation_heads, 0, device)?;
+        let load = |name: &str| -> Result<Tensor> {
+            let tensor = checkpoint.tensor(name).map_err(|e| vit_error(path, e))?;
+            Ok(tensor.to_device(device)?)
+        };
+        let weights: HashMap<String, Tensor> = model
+            .params()
+            .iter()
+            .map(|p| Ok((p.name.clone(), load(&p.name)?)))
+            .collect::<Result<_>>()?;
+        model.load_weights(&weights, &origin)?;
+        model.replace_pos_embed(&load(POS_EMBED)?, &origin)?;
+        Ok(OnlineTeacher {
+            model,
+            geometry: arch.geometry(),
+        })
     }
 
     /// The teacher's geometry (what a store written by this teacher would record).
@@ -82,93 +104,19 @@ impl OnlineTeacher {
     }
 }
 
-/// All tensors of a safetensors file or of the `model` entry of a PyTorch checkpoint.
-fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let bad = |message: String| TrainError::Checkpoint {
-        path: path.to_path_buf(),
-        message,
-    };
-    if !path.is_file() {
-        return Err(bad("no such teacher checkpoint".to_string()));
-    }
-    let is_pth = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e, "pth" | "pt" | "bin"));
-    if is_pth {
-        let list = candle_core::pickle::read_all_with_key(path, Some("model")).map_err(|e| {
-            bad(format!(
-                "not a PyTorch checkpoint with a `model` entry: {e}"
-            ))
-        })?;
-        list.into_iter()
-            .map(|(n, t)| Ok((n, t.to_device(device)?)))
-            .collect()
-    } else {
-        candle_core::safetensors::load(path, device)
-            .map_err(|e| bad(format!("not a safetensors file: {e}")))
-    }
-}
-
-/// The truncated teacher's architecture, read off its tensors' shapes.
-fn infer_config(
-    tensors: &HashMap<String, Tensor>,
-    options: &TeacherOptions,
-    path: &Path,
-) -> Result<VitConfig> {
-    let origin = path.display().to_string();
-    let dims = |name: &str| {
-        tensors
-            .get(name)
-            .map(|t| t.dims().to_vec())
-            .ok_or_else(|| TrainError::MissingTensor {
-                origin: origin.clone(),
-                tensor: name.to_string(),
-            })
-    };
-    let bad = |message: String| TrainError::Checkpoint {
-        path: path.to_path_buf(),
-        message,
-    };
-    let dim = *dims("cls_token")?.last().unwrap_or(&0);
-    let patch = *dims("patch_embed.proj.weight")?.last().unwrap_or(&0);
-    let mlp_dim = dims("blocks.0.mlp.fc1.weight")?[0];
-    let depth = (0..)
-        .take_while(|i| tensors.contains_key(&format!("blocks.{i}.attn.qkv.weight")))
-        .count();
-    let target = options.target_block.unwrap_or(depth);
-    if target == 0 || target > depth {
-        return Err(bad(format!(
-            "target block {target} does not exist: the teacher has {depth} blocks"
-        )));
-    }
-    let image_size = match (options.image_size, tensors.get(POS_EMBED)) {
-        (Some(size), _) => size,
-        (None, Some(pos)) => {
-            let n = pos.dims().get(1).copied().unwrap_or(0);
-            let grid = ((n.saturating_sub(1)) as f64).sqrt().round() as usize;
-            if grid * grid + 1 != n {
-                return Err(bad(format!(
-                    "`pos_embed` has {n} tokens, not 1 + a square grid"
-                )));
-            }
-            grid * patch
+/// A checkpoint problem as a training error naming the file; an unknown head count asks for
+/// `--teacher-heads`.
+fn vit_error(path: &Path, error: VitError) -> TrainError {
+    let message = match error {
+        VitError::MissingField { field: "heads" } => {
+            "the teacher's head count is unknown: its \
+             width is no standard ViT's (192, 384, 768, 1024, 1280) and no config.json beside \
+             it gives `heads`; pass --teacher-heads H"
         }
-        (None, None) => {
-            return Err(bad(
-                "no `pos_embed` to read the input size from; pass --teacher-image-size".to_string(),
-            ))
-        }
+        _ => return TrainError::Vit(error),
     };
-    let config = VitConfig {
-        dim,
-        depth: target,
-        heads: options.heads,
-        mlp_dim,
-        patch,
-        image_size,
-        drop_path: 0.0,
-    };
-    config.validate(&origin)?;
-    Ok(config)
+    TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
 }

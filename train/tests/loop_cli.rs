@@ -341,3 +341,101 @@ fn trains_with_nothing_but_store_student_and_out() {
         "{config}"
     );
 }
+
+/// An MAE-named ViT checkpoint of the standard ViT-Ti width (192, so 3 heads by the width
+/// table) with no `config.json` beside it, MAE's decoder tensors included, plus `extra`
+/// tensors; saved as `dir/<name>`.
+fn mae_named_checkpoint(dir: &Path, name: &str, extra: &[&str]) -> std::path::PathBuf {
+    let config = VitConfig {
+        dim: 192,
+        mlp_dim: 768,
+        heads: 3,
+        ..teacher_config()
+    };
+    let exported = write_teacher(&dir.join("export"), &config, 3, 4);
+    let mut tensors = candle_core::safetensors::load(&exported, &candle_core::Device::Cpu).unwrap();
+    let cpu = candle_core::Device::Cpu;
+    let f32 = candle_core::DType::F32;
+    tensors.insert(
+        "decoder_embed.weight".into(),
+        candle_core::Tensor::zeros((64, 192), f32, &cpu).unwrap(),
+    );
+    tensors.insert(
+        "mask_token".into(),
+        candle_core::Tensor::zeros((1, 1, 64), f32, &cpu).unwrap(),
+    );
+    for name in extra {
+        tensors.insert(
+            name.to_string(),
+            candle_core::Tensor::ones(192, f32, &cpu).unwrap(),
+        );
+    }
+    let path = dir.join("mae").join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    path
+}
+
+#[test]
+fn the_readmes_online_command_runs_on_an_mae_checkpoint_without_config_json() {
+    let world = World::new(3, 1);
+    let checkpoint =
+        mae_named_checkpoint(world.dir.path(), "mae_pretrain_vit_tiny.safetensors", &[]);
+    let recipe =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/recipes/tinymim-300ep.toml");
+    let out = world.dir.path().join("runs/vit-tiny-online");
+    // README: train --teacher mae_pretrain_vit_large.safetensors --target-block 18 --images …
+    //   --views 4 --student vit-base --recipe configs/recipes/tinymim-300ep.toml --out …
+    // (plus the tiny student's size and two steps of batch 2).
+    let mut args = vec![
+        "--teacher",
+        checkpoint.to_str().unwrap(),
+        "--target-block",
+        "2",
+        "--images",
+        world.images.to_str().unwrap(),
+        "--views",
+        "2",
+    ];
+    args.extend_from_slice(STUDENT);
+    args.extend_from_slice(&[
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--batch",
+        "2",
+        "--accum",
+        "1",
+        "--max-steps",
+        "2",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let result = train(&args);
+    let err = stderr(&result);
+    assert!(result.status.success(), "{err}");
+    assert!(
+        err.contains("ignored 2 tensors: the MAE decoder (2)"),
+        "{err}"
+    );
+    // The student's adaptive block took the 3 heads of the width table.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["relation_heads"], 3, "{config}");
+
+    // LayerScale would change the teacher: refused, naming the tensor, before training.
+    let layerscale =
+        mae_named_checkpoint(world.dir.path(), "ls.safetensors", &["blocks.0.ls1.gamma"]);
+    args[1] = layerscale.to_str().unwrap();
+    let out = world.dir.path().join("runs/refused");
+    let n = args.len();
+    args[n - 1] = out.to_str().unwrap();
+    let result = train(&args);
+    assert!(!result.status.success());
+    let err = stderr(&result);
+    assert!(
+        err.contains("blocks.0.ls1.gamma") && err.contains("LayerScale"),
+        "{err}"
+    );
+    assert!(!out.join("metrics.jsonl").exists());
+}

@@ -12,7 +12,6 @@
 //! teacher geometry and the checkpoint's blake3 in its metadata.
 
 mod arch;
-mod checkpoint;
 mod error;
 mod onnx;
 mod vit;
@@ -23,10 +22,10 @@ use std::time::Instant;
 use tinymim_formats::teacher::contract;
 use tinymim_formats::Hash32;
 
-pub use arch::{ArchArgs, ArchFile, VitArch};
-pub use checkpoint::Checkpoint;
+pub use arch::ArchArgs;
 pub use error::ExportError;
 pub use onnx::WeightDtype;
+use tinymim_formats::vit::{ArchFile, Checkpoint, VitArch, VitError};
 
 /// Arguments of `extract teacher`.
 #[derive(Clone, Debug, clap::Args)]
@@ -39,12 +38,13 @@ pub struct ExportArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// A built-in architecture preset: mae-vit-large (target block 18) or mae-vit-base (12).
-    /// Without --preset, --config or a config.json, the preset whose width and depth match the
-    /// checkpoint is used, if any.
+    /// What it, --config and the flags leave open comes from a config.json beside a
+    /// .safetensors checkpoint, then the preset of the checkpoint's width and depth, then the
+    /// checkpoint's tensor shapes (heads from the width: 192/3, 384/6, 768/12, 1024/16,
+    /// 1280/16).
     #[arg(long, conflicts_with = "config")]
     pub preset: Option<String>,
-    /// An architecture file: a TOML preset or a student's config.json. Without --preset or
-    /// --config, a config.json beside a .safetensors checkpoint is used if present.
+    /// An architecture file: a TOML preset or a student's config.json.
     #[arg(long)]
     pub config: Option<PathBuf>,
     #[command(flatten)]
@@ -91,11 +91,19 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<()> {
 /// checkpoint, builds the truncated graph and writes it with the contract's metadata.
 pub fn export(args: &ExportArgs) -> Result<ExportSummary, ExportError> {
     let checkpoint = Checkpoint::open(&args.checkpoint)?;
-    let file = arch_file(args, &checkpoint)?;
-    let arch = VitArch::resolve(&args.arch, &file)?;
-    arch.check(&checkpoint)?;
+    let given = match (&args.preset, &args.config) {
+        (Some(name), _) => Some(ArchFile::preset(name)?),
+        (None, Some(path)) => Some(ArchFile::load(path)?),
+        (None, None) => None,
+    };
+    let file = ArchFile::describe(&checkpoint, given)?;
+    let arch = VitArch::resolve(&args.arch.overrides(), &file)?;
+    let account = arch.check(&checkpoint)?;
+    if let Some(ignored) = account.ignored_summary() {
+        eprintln!("{}: {ignored}", args.checkpoint.display());
+    }
     let weights =
-        Hash32::of_file(&args.checkpoint).map_err(|e| ExportError::CheckpointUnreadable {
+        Hash32::of_file(&args.checkpoint).map_err(|e| VitError::CheckpointUnreadable {
             path: args.checkpoint.clone(),
             reason: e.to_string(),
         })?;
@@ -113,30 +121,6 @@ pub fn export(args: &ExportArgs) -> Result<ExportSummary, ExportError> {
         weights,
         bytes,
     })
-}
-
-/// The architecture file: `--preset`, `--config`, a `config.json` beside a `.safetensors`
-/// checkpoint, the built-in preset with the checkpoint's width and depth (so that
-/// `--checkpoint mae_pretrain_vit_large.pth` alone is enough), or none (flags only).
-fn arch_file(args: &ExportArgs, checkpoint: &Checkpoint) -> Result<ArchFile, ExportError> {
-    if let Some(name) = &args.preset {
-        return ArchFile::preset(name);
-    }
-    if let Some(path) = &args.config {
-        return ArchFile::load(path);
-    }
-    let is_safetensors = args
-        .checkpoint
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-    let beside = args.checkpoint.with_file_name("config.json");
-    if is_safetensors && beside.is_file() {
-        return ArchFile::load(&beside);
-    }
-    let matching = checkpoint
-        .width()
-        .and_then(|dim| ArchFile::matching_preset(dim, checkpoint.block_count()));
-    Ok(matching.unwrap_or_default())
 }
 
 #[cfg(test)]

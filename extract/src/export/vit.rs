@@ -12,8 +12,8 @@
 
 use tinymim_formats::teacher::contract;
 
-use super::arch::{block_tensor, VitArch};
-use super::checkpoint::Checkpoint;
+use tinymim_formats::vit::{block_tensor, Checkpoint, VitArch};
+
 use super::error::ExportError;
 use super::onnx::{Attr, Dim, GraphBuilder, WeightDtype};
 

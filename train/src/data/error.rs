@@ -11,6 +11,9 @@ pub enum DataError {
     /// The relation store could not be opened or read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An image folder could not be listed.
+    #[error(transparent)]
+    Walk(#[from] tinymim_formats::images::WalkError),
     /// A source image could not be decoded or rendered.
     #[error(transparent)]
     Render(#[from] RenderError),
@@ -20,8 +23,8 @@ pub enum DataError {
         /// The store folder.
         store: PathBuf,
     },
-    /// An image folder holds no JPEG or PNG file.
-    #[error("{folder}: no .jpg, .jpeg or .png images found")]
+    /// An image folder holds no image file.
+    #[error("{folder}: no images found (.jpg, .jpeg, .png, .webp, .bmp, .tif, .tiff)")]
     NoImages {
         /// The folder searched.
         folder: PathBuf,

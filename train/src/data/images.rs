@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
+use tinymim_formats::images::walk;
 use tinymim_formats::{Hash32, SourceImage, StoreReader};
 
 use super::error::{DataError, Result};
 use super::rows::RowSet;
 
-/// A JPEG or PNG found in an image folder.
+/// An image found in an image folder ([`tinymim_formats::images::walk`]), with its hash and size.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FoundImage {
     /// blake3 of the file's bytes.
@@ -21,8 +22,8 @@ pub struct FoundImage {
     pub path: PathBuf,
     /// File size in bytes.
     pub size: u64,
-    /// The parent folder's path relative to the root (ImageNet layout: the class); `None` for
-    /// files directly in the root.
+    /// The top-level folder under the root (ImageNet layout: the class); `None` for files
+    /// directly in the root.
     pub label: Option<String>,
     /// Width in pixels.
     pub width: u32,
@@ -30,14 +31,12 @@ pub struct FoundImage {
     pub height: u32,
 }
 
-/// Every `.jpg`, `.jpeg` and `.png` file under `folder` (recursively, case-insensitive
-/// extensions), hashed and decoded once (in parallel) for its size; sorted by relative path.
-/// A folder without images is an error naming it; a file that does not decode is an error
-/// naming the file.
+/// Every image under `folder`, walked by the rule both phases share
+/// ([`tinymim_formats::images`]), hashed and decoded once (in parallel) for its size; sorted by
+/// relative path. A folder without images is an error naming it; a file that does not decode
+/// is an error naming the file.
 pub fn scan_images(folder: &Path) -> Result<Vec<FoundImage>> {
-    let mut files = Vec::new();
-    collect_files(folder, folder, &mut files)?;
-    files.sort();
+    let files = walk(folder)?;
     if files.is_empty() {
         return Err(DataError::NoImages {
             folder: folder.to_path_buf(),
@@ -45,54 +44,22 @@ pub fn scan_images(folder: &Path) -> Result<Vec<FoundImage>> {
     }
     files
         .into_par_iter()
-        .map(|relative| {
-            let path = folder.join(&relative);
-            let (image, hash) = SourceImage::open(&path)?;
-            let size = std::fs::metadata(&path)
-                .map_err(|e| DataError::io(&path, e))?
+        .map(|file| {
+            let (image, hash) = SourceImage::open(&file.path)?;
+            let size = std::fs::metadata(&file.path)
+                .map_err(|e| DataError::io(&file.path, e))?
                 .len();
-            let label = relative
-                .rsplit_once('/')
-                .map(|(parent, _)| parent.to_string());
             Ok(FoundImage {
                 hash,
-                relative,
+                relative: file.relative,
                 size,
-                label,
+                label: file.label,
                 width: image.width(),
                 height: image.height(),
-                path,
+                path: file.path,
             })
         })
         .collect()
-}
-
-/// Appends the `/`-separated paths (relative to `root`) of the images under `dir`.
-fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| DataError::io(dir, e))?;
-        let path = entry.path();
-        let kind = entry.file_type().map_err(|e| DataError::io(&path, e))?;
-        if kind.is_dir() {
-            collect_files(root, &path, out)?;
-        } else if is_image_name(&path) {
-            let relative = path.strip_prefix(root).unwrap_or(&path);
-            let parts: Vec<String> = relative
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .collect();
-            out.push(parts.join("/"));
-        }
-    }
-    Ok(())
-}
-
-/// Whether a file name ends in `.jpg`, `.jpeg` or `.png` (any case).
-fn is_image_name(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
 }
 
 /// Where each source image of a run lives, by image hash.

@@ -90,7 +90,7 @@ pub fn load_teacher(path: &Path, heads: usize) -> OnlineTeacher {
 /// Options of a tiny teacher with `heads` heads.
 pub fn teacher_options(heads: usize) -> TeacherOptions {
     TeacherOptions {
-        heads,
+        heads: Some(heads),
         target_block: None,
         image_size: None,
     }

@@ -2,8 +2,8 @@
 //!
 //! Two formats: PyTorch `.pth` files (zip + pickle, read lazily one tensor at a time by
 //! candle's pickle reader), holding either a bare state dict or MAE's `{"model": state_dict}`;
-//! and `.safetensors` files (a student exported by `train`). Every tensor is handed out as
-//! float32, whatever its stored dtype.
+//! and `.safetensors` files (timm's hub files, a student exported by `train`). Every tensor is
+//! handed out as float32, whatever its stored dtype.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use candle_core::pickle::PthTensors;
 use candle_core::{DType, Device, Tensor};
 
-use super::error::ExportError;
+use super::error::VitError;
 
 /// The key under which MAE's released checkpoints keep the encoder's state dict.
 const MAE_STATE_KEY: &str = "model";
@@ -30,13 +30,13 @@ enum Tensors {
 
 impl Checkpoint {
     /// Opens a `.pth` (`.pt`, `.bin`) or `.safetensors` checkpoint, chosen by extension.
-    pub fn open(path: &Path) -> Result<Self, ExportError> {
-        let unreadable = |e: candle_core::Error| ExportError::CheckpointUnreadable {
+    pub fn open(path: &Path) -> Result<Self, VitError> {
+        let unreadable = |e: candle_core::Error| VitError::CheckpointUnreadable {
             path: path.to_path_buf(),
             reason: e.to_string(),
         };
         if !path.is_file() {
-            return Err(ExportError::CheckpointUnreadable {
+            return Err(VitError::CheckpointUnreadable {
                 path: path.to_path_buf(),
                 reason: "no such file".into(),
             });
@@ -48,7 +48,7 @@ impl Checkpoint {
                 let bare = PthTensors::new(path, None).map_err(unreadable)?;
                 if bare.tensor_infos().is_empty() {
                     Tensors::Pth(PthTensors::new(path, Some(MAE_STATE_KEY)).map_err(|_| {
-                        ExportError::NoTensors {
+                        VitError::NoTensors {
                             path: path.to_path_buf(),
                         }
                     })?)
@@ -60,7 +60,7 @@ impl Checkpoint {
                 candle_core::safetensors::load(path, &Device::Cpu).map_err(unreadable)?,
             ),
             _ => {
-                return Err(ExportError::CheckpointFormat {
+                return Err(VitError::CheckpointFormat {
                     path: path.to_path_buf(),
                 })
             }
@@ -77,7 +77,7 @@ impl Checkpoint {
                 .collect(),
         };
         if shapes.is_empty() {
-            return Err(ExportError::NoTensors {
+            return Err(VitError::NoTensors {
                 path: path.to_path_buf(),
             });
         }
@@ -122,19 +122,14 @@ impl Checkpoint {
 
     /// Checks that tensor `name` exists with shape `expected`; `arch` describes the architecture
     /// for the error message.
-    pub fn expect_shape(
-        &self,
-        name: &str,
-        expected: &[usize],
-        arch: &str,
-    ) -> Result<(), ExportError> {
+    pub fn expect_shape(&self, name: &str, expected: &[usize], arch: &str) -> Result<(), VitError> {
         match self.shape(name) {
-            None => Err(ExportError::MissingTensor {
+            None => Err(VitError::MissingTensor {
                 path: self.path.clone(),
                 tensor: name.to_string(),
                 expected: expected.to_vec(),
             }),
-            Some(found) if found != expected => Err(ExportError::ShapeMismatch {
+            Some(found) if found != expected => Err(VitError::ShapeMismatch {
                 path: self.path.clone(),
                 tensor: name.to_string(),
                 expected: expected.to_vec(),
@@ -146,11 +141,16 @@ impl Checkpoint {
     }
 
     /// Loads tensor `name` as row-major float32 values.
-    pub fn load_f32(&self, name: &str) -> Result<Vec<f32>, ExportError> {
-        let unreadable = |reason: String| ExportError::CheckpointUnreadable {
-            path: self.path.clone(),
-            reason: format!("tensor `{name}`: {reason}"),
-        };
+    pub fn load_f32(&self, name: &str) -> Result<Vec<f32>, VitError> {
+        self.tensor(name)?
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| self.unreadable(name, e.to_string()))
+    }
+
+    /// Loads tensor `name` as a float32 tensor on the CPU, in its stored shape.
+    pub fn tensor(&self, name: &str) -> Result<Tensor, VitError> {
+        let unreadable = |reason: String| self.unreadable(name, reason);
         let tensor = match &self.tensors {
             Tensors::Pth(pth) => pth
                 .get(name)
@@ -163,9 +163,14 @@ impl Checkpoint {
         };
         tensor
             .to_dtype(DType::F32)
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>())
             .map_err(|e| unreadable(e.to_string()))
+    }
+
+    fn unreadable(&self, name: &str, reason: String) -> VitError {
+        VitError::CheckpointUnreadable {
+            path: self.path.clone(),
+            reason: format!("tensor `{name}`: {reason}"),
+        }
     }
 }
 
@@ -175,7 +180,7 @@ mod tests {
 
     fn fixture(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/mae_tiny")
+            .join("../extract/tests/fixtures/mae_tiny")
             .join(name)
     }
 
@@ -199,7 +204,7 @@ mod tests {
         let ckpt = Checkpoint::open(&fixture("mae_tiny.pth")).unwrap();
         assert!(ckpt.expect_shape("cls_token", &[1, 1, 64], "tiny").is_ok());
         match ckpt.expect_shape("cls_token", &[1, 1, 768], "tiny") {
-            Err(ExportError::ShapeMismatch {
+            Err(VitError::ShapeMismatch {
                 tensor,
                 expected,
                 found,
@@ -213,7 +218,7 @@ mod tests {
             other => panic!("expected ShapeMismatch, got {other:?}"),
         }
         match ckpt.expect_shape("blocks.9.norm1.weight", &[64], "tiny") {
-            Err(ExportError::MissingTensor { tensor, .. }) => {
+            Err(VitError::MissingTensor { tensor, .. }) => {
                 assert_eq!(tensor, "blocks.9.norm1.weight")
             }
             other => panic!("expected MissingTensor, got {other:?}"),
@@ -226,7 +231,7 @@ mod tests {
         let text = dir.path().join("weights.txt");
         std::fs::write(&text, "hello").unwrap();
         let err = Checkpoint::open(&text).err().unwrap();
-        assert!(matches!(err, ExportError::CheckpointFormat { .. }), "{err}");
+        assert!(matches!(err, VitError::CheckpointFormat { .. }), "{err}");
         assert!(err.to_string().contains("weights.txt"));
         let absent = dir.path().join("absent.pth");
         let err = Checkpoint::open(&absent).err().unwrap();
@@ -238,7 +243,7 @@ mod tests {
         std::fs::write(&bogus, [0u8; 16]).unwrap();
         let err = Checkpoint::open(&bogus).err().unwrap();
         assert!(
-            matches!(err, ExportError::CheckpointUnreadable { .. })
+            matches!(err, VitError::CheckpointUnreadable { .. })
                 && err.to_string().contains("bogus.safetensors"),
             "{err}"
         );
