@@ -3,6 +3,7 @@
 //! `extract` (the teacher, through ONNX Runtime) and `train` (the students, in candle) never
 //! read each other's code; they meet here:
 //!
+//! - [`atomic`]: crash-safe file replacement, used by every file either phase writes;
 //! - [`view`]: a view is a crop box in source pixels plus a flip bit, sampled deterministically
 //!   from (image hash, run seed, view index) with RandomResizedCrop's recipe;
 //! - [`render`]: the one function that turns image bytes and a view into normalised pixels;
@@ -15,6 +16,7 @@
 //! - [`store`]: the content-addressed Zarr v3 relation store (`relations.zarr`);
 //! - [`vit`]: the ViT architectures and their timm/MAE checkpoints, which both phases read.
 
+pub mod atomic;
 pub mod device;
 pub mod encoding;
 pub mod hash;

@@ -1,38 +1,24 @@
-//! Crash-safe file writes: a temp file in the same folder, synced, then renamed into place.
+//! The run folder's files written crash-safely, through the workspace's one atomic-write
+//! module ([`tinymim_formats::atomic`]: unique temporary name, file and folder synced).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use tinymim_formats::atomic::{replace_file, write_file, AtomicWriteError};
 
 use crate::error::{Result, TrainError};
 
-/// Replaces `path` so that readers see either the old file or the complete new one, never a
-/// torn write: `write` fills `.<name>.tmp` beside it, which is then synced and renamed.
-pub(crate) fn replace_atomically(
-    path: &Path,
-    write: impl FnOnce(&Path) -> Result<()>,
-) -> Result<()> {
-    let io = |source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io(std::io::Error::other("not a file path")))?;
-    let tmp: PathBuf = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
-    write(&tmp)?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+impl From<AtomicWriteError> for TrainError {
+    fn from(e: AtomicWriteError) -> Self {
+        TrainError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
-/// [`replace_atomically`] with the given bytes.
+/// Replaces `path` with `bytes`, atomically.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    replace_atomically(path, |tmp| {
-        std::fs::write(tmp, bytes).map_err(|source| TrainError::Io {
-            path: tmp.to_path_buf(),
-            source,
-        })
-    })
+    Ok(write_file(path, bytes)?)
 }
 
 /// Writes named tensors (and optional string metadata) as a safetensors file at `path`,
@@ -42,7 +28,7 @@ pub(crate) fn save_safetensors(
     tensors: Vec<(String, candle_core::Tensor)>,
     metadata: Option<std::collections::HashMap<String, String>>,
 ) -> Result<()> {
-    replace_atomically(path, |tmp| {
+    replace_file(path, |tmp| {
         safetensors::serialize_to_file(tensors, metadata, tmp).map_err(|e| TrainError::Checkpoint {
             path: path.to_path_buf(),
             message: format!("cannot write safetensors: {e}"),

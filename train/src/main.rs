@@ -51,8 +51,8 @@ fn write_json(
     report: &impl serde::Serialize,
 ) -> anyhow::Result<()> {
     if let Some(path) = path {
-        std::fs::write(path, serde_json::to_vec_pretty(report)?)
-            .with_context(|| format!("{}: cannot write the report", path.display()))?;
+        tinymim_formats::atomic::write_file(path, &serde_json::to_vec_pretty(report)?)
+            .context("cannot write the report")?;
     }
     Ok(())
 }

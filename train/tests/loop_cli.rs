@@ -439,3 +439,84 @@ fn the_readmes_online_command_runs_on_an_mae_checkpoint_without_config_json() {
     );
     assert!(!out.join("metrics.jsonl").exists());
 }
+
+#[test]
+fn a_run_killed_mid_training_resumes_with_each_step_logged_once() {
+    let world = World::new(3, 2);
+    let out = world.dir.path().join("killed");
+    let args = |out: &Path| {
+        let mut args: Vec<String> = vec!["--cache".into(), world.store.to_str().unwrap().into()];
+        args.extend(STUDENT.iter().map(|s| s.to_string()));
+        for a in [
+            "--epochs",
+            "120",
+            "--batch",
+            "2",
+            "--warmup-epochs",
+            "0",
+            "--checkpoint-every",
+            "3",
+            "--quiet",
+            "--out",
+        ] {
+            args.push(a.into());
+        }
+        args.push(out.to_str().unwrap().into());
+        args
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(args(&out))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = out.join("metrics.jsonl");
+    let logged = || {
+        std::fs::read_to_string(&metrics)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    while logged() < 10 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL: no clean-up of any kind
+    child.wait().unwrap();
+    let before = logged();
+
+    let mut resumed = args(&out);
+    resumed.push("--resume".into());
+    let result = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(&resumed)
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "{}", stderr(&result));
+    let read = |dir: &Path| -> Vec<(u64, f64)> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let steps = read(&out);
+    let total = 120 * 3; // 6 views in batches of 2, 120 epochs
+    assert_eq!(
+        steps.iter().map(|s| s.0).collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<u64>>(),
+        "killed after {before} logged steps"
+    );
+    // And they are the uninterrupted run's steps.
+    let straight = world.dir.path().join("straight");
+    let result = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(args(&straight))
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert_eq!(steps, read(&straight));
+}

@@ -27,3 +27,12 @@ pub enum ExportError {
         source: std::io::Error,
     },
 }
+
+impl From<tinymim_formats::atomic::AtomicWriteError> for ExportError {
+    fn from(e: tinymim_formats::atomic::AtomicWriteError) -> Self {
+        ExportError::Write {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}

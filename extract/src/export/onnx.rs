@@ -16,6 +16,8 @@ use onnx_protobuf::{
     StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
+use tinymim_formats::atomic::replace_file;
+
 use super::error::ExportError;
 
 /// The ONNX operator set the exported graphs use.
@@ -251,7 +253,7 @@ fn float_value_info(name: &str, dims: &[Dim]) -> ValueInfoProto {
 }
 
 /// Wraps `graph` in a model at [`OPSET`] / [`IR_VERSION`] with `metadata` as `metadata_props`
-/// and writes it to `out` atomically (a temporary file beside it, synced, then renamed).
+/// and writes it to `out` atomically ([`tinymim_formats::atomic::replace_file`]).
 pub fn write_model(
     graph: GraphProto,
     metadata: &[(&str, String)],
@@ -281,35 +283,16 @@ pub fn write_model(
     if bytes > i32::MAX as u64 {
         return Err(ExportError::TooLarge { bytes });
     }
-    let write_err = |source: std::io::Error| ExportError::Write {
-        path: out.to_path_buf(),
-        source,
-    };
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tinymim-export-")
-        .suffix(".onnx.tmp")
-        .tempfile_in(dir)
-        .map_err(write_err)?;
-    {
-        let mut writer = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+    replace_file(out, |tmp| {
+        let write_err = |source: std::io::Error| ExportError::Write {
+            path: out.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::create(tmp).map_err(write_err)?;
+        let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
         model
             .write_to_writer(&mut writer)
             .map_err(|e| write_err(std::io::Error::other(e)))?;
-        writer.flush().map_err(write_err)?;
-    }
-    // Temporary files are private (0600); the teacher is an ordinary file.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(write_err)?;
-    }
-    tmp.as_file().sync_all().map_err(write_err)?;
-    tmp.persist(out).map_err(|e| write_err(e.error))?;
-    Ok(())
+        writer.flush().map_err(write_err)
+    })
 }

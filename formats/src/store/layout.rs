@@ -2,7 +2,6 @@
 //! table, the teacher's qkv parameters, segment attributes, and the atomic metadata writes the
 //! commit protocol rests on.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -55,18 +54,26 @@ pub(crate) fn zarr_err<E: std::error::Error + Send + Sync + 'static>(
 }
 
 /// Writes `bytes` to `key` atomically: to a temporary key beside it first (unique to this
-/// process and call), then renamed over `key`, so a reader (or a crash) sees the old or the
-/// new value, never a torn one. zarrs' own `FilesystemStore::set` truncates and rewrites the
-/// file in place (then syncs), so it is not atomic by itself; its `rename` is `std::fs::rename`.
+/// writer: [`crate::atomic::unique_tag`]), then renamed over `key` and the folder synced, so a
+/// reader (or a crash) sees the old or the new value, never a torn one. zarrs' own
+/// `FilesystemStore::set` truncates and rewrites the file in place (then syncs the file), so it
+/// is not atomic by itself; its `rename` is `std::fs::rename`.
 fn replace_atomically(storage: &Storage, key: &StoreKey, bytes: Vec<u8>) -> Result<()> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let tmp = format!("{}.{}-{n}.tmp", key.as_str(), std::process::id());
+    let tmp = format!("{}.{}.tmp", key.as_str(), crate::atomic::unique_tag());
     let tmp = StoreKey::new(tmp).map_err(zarr_err(key.as_str()))?;
     storage
         .set(&tmp, bytes.into())
         .map_err(zarr_err(key.as_str()))?;
-    storage.rename(&tmp, key).map_err(zarr_err(key.as_str()))
+    rename_durably(storage, &tmp, key)
+}
+
+/// Renames `from` over `to` and syncs the folder of `to`, so that the rename is on disk before
+/// anything that depends on it (a watermark) is written.
+fn rename_durably(storage: &Storage, from: &StoreKey, to: &StoreKey) -> Result<()> {
+    storage.rename(from, to).map_err(zarr_err(to.as_str()))?;
+    let file = storage.key_to_fspath(to);
+    let folder = file.parent().unwrap_or(&file);
+    crate::atomic::sync_folder(folder).map_err(|e| StoreError::zarr(to.as_str(), e))
 }
 
 /// Writes a group's `zarr.json` with `attributes`, atomically.
@@ -313,10 +320,11 @@ pub(crate) fn replace_chunk<'a>(
     staging
         .store_chunk_opt(&chunk, data, &options)
         .map_err(zarr_err(path))?;
-    array
-        .storage()
-        .rename(&staging.chunk_key(&chunk), &array.chunk_key(&chunk))
-        .map_err(zarr_err(path))
+    rename_durably(
+        &array.storage(),
+        &staging.chunk_key(&chunk),
+        &array.chunk_key(&chunk),
+    )
 }
 
 /// Creates the teacher's qkv parameter arrays of an `ln1` store.
