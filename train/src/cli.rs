@@ -90,8 +90,8 @@ pub struct TrainArgs {
     pub teacher: Option<PathBuf>,
     /// Relation heads of the online teacher's target block, and its attention heads where
     /// nothing else gives them [default: `heads` of a config.json beside a .safetensors, else
-    /// the preset or standard ViT of the checkpoint's width: 192/3, 384/6, 768/12, 1024/16,
-    /// 1280/16].
+    /// the heads of the built-in presets of the checkpoint's width: 192/3, 384/6, 768/12,
+    /// 1024/16].
     #[arg(long, value_name = "H", requires = "teacher")]
     pub teacher_heads: Option<usize>,
     /// Target block of the online teacher, 1-based [default: the preset's of its width and

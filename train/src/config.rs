@@ -5,22 +5,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
-
-/// The bundled presets, compiled in from `configs/students/` so the binary needs no data files.
-const PRESETS: &[(&str, &str)] = &[
-    (
-        "vit-tiny",
-        include_str!("../../configs/students/vit-tiny.toml"),
-    ),
-    (
-        "vit-small",
-        include_str!("../../configs/students/vit-small.toml"),
-    ),
-    (
-        "vit-base",
-        include_str!("../../configs/students/vit-base.toml"),
-    ),
-];
+// The bundled presets, compiled in from `configs/students/` (listed with the teachers' in
+// `tinymim_formats::vit`) so the binary needs no data files.
+use tinymim_formats::vit::STUDENT_PRESETS as PRESETS;
 
 /// The architecture of a ViT student (see TINYMIM.md, "Models").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -109,9 +109,9 @@ impl OnlineTeacher {
 fn vit_error(path: &Path, error: VitError) -> TrainError {
     let message = match error {
         VitError::MissingField { field: "heads" } => {
-            "the teacher's head count is unknown: its \
-             width is no standard ViT's (192, 384, 768, 1024, 1280) and no config.json beside \
-             it gives `heads`; pass --teacher-heads H"
+            "the teacher's head count is unknown: its width is none of the built-in \
+             presets' (192, 384, 768, 1024) and no config.json beside it gives `heads`; pass \
+             --teacher-heads H"
         }
         _ => return TrainError::Vit(error),
     };

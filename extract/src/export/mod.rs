@@ -40,8 +40,8 @@ pub struct ExportArgs {
     /// A built-in architecture preset: mae-vit-large (target block 18) or mae-vit-base (12).
     /// What it, --config and the flags leave open comes from a config.json beside a
     /// .safetensors checkpoint, then the preset of the checkpoint's width and depth, then the
-    /// checkpoint's tensor shapes (heads from the width: 192/3, 384/6, 768/12, 1024/16,
-    /// 1280/16).
+    /// checkpoint's tensor shapes (heads: those of the built-in presets of its width, 192/3,
+    /// 384/6, 768/12, 1024/16).
     #[arg(long, conflicts_with = "config")]
     pub preset: Option<String>,
     /// An architecture file: a TOML preset or a student's config.json.

@@ -20,7 +20,8 @@
 //! Unknown fields are ignored, so a student's `config.json` may carry more. What no flag or file
 //! gives is read off the checkpoint: `dim` from `cls_token`, `depth` from the blocks, `mlp_dim`
 //! from `blocks.0.mlp.fc1.weight`, `patch` from the patch embedding, `image_size` from the
-//! tokens of `pos_embed`, and `heads` from the width ([`heads_for_width`]: timm's ViT-Ti/S/B/L/H).
+//! tokens of `pos_embed`, and `heads` from the width ([`heads_for_width`]: the built-in presets'
+//! 192/3, 384/6, 768/12, 1024/16).
 
 use std::path::Path;
 
@@ -31,8 +32,9 @@ use super::error::VitError;
 use super::tensors::{block_tensor, TensorAccount};
 use crate::{Normalization, TeacherGeometry};
 
-/// Built-in presets: name and TOML text.
-const PRESETS: &[(&str, &str)] = &[
+/// The built-in teacher presets (`configs/teachers/`, compiled in): name and TOML text. Each
+/// names a target block and the input normalisation besides the architecture.
+pub const TEACHER_PRESETS: &[(&str, &str)] = &[
     (
         "mae-vit-large",
         include_str!("../../../configs/teachers/mae-vit-large.toml"),
@@ -43,17 +45,35 @@ const PRESETS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Attention heads of the standard ViT widths (timm's ViT-Ti/S/B/L/H: 192/3, 384/6, 768/12,
-/// 1024/16, 1280/16), the head count used when nothing else gives one; `None` for any other
-/// width, whose head count must then be given.
+/// The built-in student presets (`configs/students/`, compiled in): name and TOML text, with
+/// the student's drop-path rate besides the architecture (`train` reads them).
+pub const STUDENT_PRESETS: &[(&str, &str)] = &[
+    (
+        "vit-tiny",
+        include_str!("../../../configs/students/vit-tiny.toml"),
+    ),
+    (
+        "vit-small",
+        include_str!("../../../configs/students/vit-small.toml"),
+    ),
+    (
+        "vit-base",
+        include_str!("../../../configs/students/vit-base.toml"),
+    ),
+];
+
+/// The attention heads of the built-in presets (teachers and students) of width `dim` —
+/// timm's ViT-Ti/S/B/L: 192/3, 384/6, 768/12, 1024/16 — the head count used when nothing else
+/// gives one; `None` for any other width, whose head count must then be given.
 pub fn heads_for_width(dim: usize) -> Option<usize> {
-    match dim {
-        192 => Some(3),
-        384 => Some(6),
-        768 => Some(12),
-        1024 | 1280 => Some(16),
-        _ => None,
-    }
+    let mut heads = TEACHER_PRESETS
+        .iter()
+        .chain(STUDENT_PRESETS)
+        .filter_map(|(_, text)| toml::from_str::<ArchFile>(text).ok())
+        .filter(|p| p.dim == Some(dim))
+        .filter_map(|p| p.heads);
+    let first = heads.next()?;
+    heads.all(|h| h == first).then_some(first)
 }
 
 /// What the command line says of the architecture; each field overrides every other source.
@@ -100,27 +120,27 @@ pub struct ArchFile {
 impl ArchFile {
     /// A built-in preset by name (`mae-vit-large`, `mae-vit-base`).
     pub fn preset(name: &str) -> Result<Self, VitError> {
-        let (_, text) =
-            PRESETS
-                .iter()
-                .find(|(n, _)| *n == name)
-                .ok_or_else(|| VitError::UnknownPreset {
-                    name: name.to_string(),
-                    known: PRESETS
-                        .iter()
-                        .map(|(n, _)| *n)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })?;
+        let (_, text) = TEACHER_PRESETS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| VitError::UnknownPreset {
+                name: name.to_string(),
+                known: TEACHER_PRESETS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
         toml::from_str(text).map_err(|e| VitError::ArchFile {
             path: format!("<preset {name}>").into(),
             reason: e.to_string(),
         })
     }
 
-    /// The built-in preset whose width and depth are `dim` and `depth`, if exactly one is.
+    /// The built-in teacher preset whose width and depth are `dim` and `depth`, if exactly one
+    /// is.
     pub fn matching_preset(dim: usize, depth: usize) -> Option<Self> {
-        let mut matches = PRESETS
+        let mut matches = TEACHER_PRESETS
             .iter()
             .filter_map(|(name, _)| Self::preset(name).ok())
             .filter(|p| p.dim == Some(dim) && p.depth == Some(depth));
@@ -597,7 +617,7 @@ mod tests {
         assert_eq!(arch.check(&checkpoint).unwrap().model, 54);
         assert_eq!(
             [192, 384, 768, 1024, 1280, 512].map(heads_for_width),
-            [Some(3), Some(6), Some(12), Some(16), Some(16), None]
+            [Some(3), Some(6), Some(12), Some(16), None, None]
         );
     }
 

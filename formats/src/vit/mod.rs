@@ -1,5 +1,5 @@
-//! The ViT architectures both phases read checkpoints of, described once: built-in presets and
-//! architecture files ([`arch`]), checkpoints with timm/MAE tensor names ([`checkpoint`]) and
+//! The ViT architectures both phases read checkpoints of, described once: the built-in teacher
+//! and student presets and architecture files ([`arch`]), checkpoints with timm/MAE tensor names ([`checkpoint`]) and
 //! what every tensor name of such a checkpoint is ([`tensors`]).
 //!
 //! `extract teacher` (the ONNX export) and `train --teacher` (the online teacher) open a
@@ -14,7 +14,9 @@ pub mod checkpoint;
 mod error;
 pub mod tensors;
 
-pub use arch::{heads_for_width, ArchFile, ArchOverrides, VitArch};
+pub use arch::{
+    heads_for_width, ArchFile, ArchOverrides, VitArch, STUDENT_PRESETS, TEACHER_PRESETS,
+};
 pub use checkpoint::Checkpoint;
 pub use error::VitError;
 pub use tensors::{block_tensor, TensorAccount, TensorRole};
