@@ -77,12 +77,19 @@ pub enum TrainError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// A teacher checkpoint or its architecture is unusable.
+    /// A teacher checkpoint or its architecture is unusable (boxed: its shape errors are
+    /// large, and every result of the crate carries this type).
     #[error(transparent)]
-    Vit(#[from] tinymim_formats::vit::VitError),
+    Vit(Box<tinymim_formats::vit::VitError>),
     /// A tensor operation failed (a bug or an exhausted device, not bad user input).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<tinymim_formats::vit::VitError> for TrainError {
+    fn from(e: tinymim_formats::vit::VitError) -> Self {
+        TrainError::Vit(Box::new(e))
+    }
 }
 
 /// Result alias of the training library.

@@ -113,7 +113,7 @@ fn vit_error(path: &Path, error: VitError) -> TrainError {
              presets' (192, 384, 768, 1024) and no config.json beside it gives `heads`; pass \
              --teacher-heads H"
         }
-        _ => return TrainError::Vit(error),
+        _ => return error.into(),
     };
     TrainError::Checkpoint {
         path: path.to_path_buf(),
