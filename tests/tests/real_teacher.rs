@@ -215,58 +215,72 @@ fn student_learns_from_a_store_extracted_by_the_real_teacher() {
         &["--encoding", "qkv"],
     );
 
-    // A small student whose width the teacher's 6 heads divide, patch 16 at 256 px = 257 tokens.
-    let run_dir = tmp.path().join("student");
+    // 30 steps of a small 2-block student, patch 16 at 256 px = 257 tokens, into `out`.
     // No --images: train finds the source root that extract recorded in the store.
-    run(Command::new(binary("train"))
-        .arg("--cache")
-        .arg(&store)
-        .args([
-            "--student",
-            "vit-tiny",
-            "--dim",
-            "96",
-            "--depth",
-            "2",
-            "--heads",
-            "3",
-        ])
-        .args([
-            "--image-size",
-            "256",
-            "--batch",
-            "8",
-            "--epochs",
-            "40",
-            "--max-steps",
-            "30",
-        ])
-        .args([
-            "--base-lr",
-            "0.05",
-            "--warmup-epochs",
-            "2",
-            "--no-jitter",
-            "--drop-path",
-            "0",
-        ])
-        .args(["--seed", "1", "--quiet", "--out"])
-        .arg(&run_dir));
+    let distil = |out: &Path, student: &[&str]| {
+        let mut cmd = Command::new(binary("train"));
+        cmd.arg("--cache")
+            .arg(&store)
+            .args(["--student", "vit-tiny", "--depth", "2"])
+            .args(student)
+            .args(["--image-size", "256", "--batch", "8", "--epochs", "40"])
+            .args([
+                "--max-steps",
+                "30",
+                "--base-lr",
+                "0.05",
+                "--warmup-epochs",
+                "2",
+            ])
+            .args([
+                "--no-jitter",
+                "--drop-path",
+                "0",
+                "--seed",
+                "1",
+                "--quiet",
+                "--out",
+            ])
+            .arg(out);
+        cmd
+    };
+    let falls = |run_dir: &Path| {
+        let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+        let losses: Vec<f64> = metrics
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(losses.len(), 30, "one metrics line per step");
+        let start = losses[..3].iter().sum::<f64>() / 3.0;
+        let end = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
+        assert!(
+            end < 0.8 * start,
+            "relation loss should fall clearly: first three steps {start:.4}, last three {end:.4}"
+        );
+    };
 
-    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
-    let losses: Vec<f64> = metrics
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(losses.len(), 30, "one metrics line per step");
-    let start = losses[..3].iter().sum::<f64>() / 3.0;
-    let end = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
+    // A student whose width the teacher's 6 heads divide.
+    let run_dir = tmp.path().join("student");
+    run(&mut distil(&run_dir, &["--dim", "96", "--heads", "3"]));
+    falls(&run_dir);
+
+    // Width 64, which 6 heads do not divide: refused with the teacher's heads, trained with 4
+    // relation heads formed from the same store.
+    let narrow = ["--dim", "64", "--heads", "4"];
+    let refused = distil(&tmp.path().join("refused"), &narrow)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        end < 0.8 * start,
-        "relation loss should fall clearly: first three steps {start:.4}, last three {end:.4}"
+        !refused.status.success() && err.contains("--relation-heads"),
+        "{err}"
     );
+    let run_dir = tmp.path().join("four-heads");
+    run(distil(&run_dir, &narrow).args(["--relation-heads", "4"]));
+    falls(&run_dir);
+    assert_eq!(json(&run_dir.join("config.json"))["relation_heads"], 4);
 }

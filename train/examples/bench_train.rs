@@ -82,7 +82,10 @@ fn main() {
     );
 
     let cache = RunConfig {
-        source: SourceConfig::Cache { store },
+        source: SourceConfig::Cache {
+            store,
+            relation_heads: None,
+        },
         images: Some(images.clone()),
         student: student.clone(),
         epochs: 1000,

@@ -88,6 +88,13 @@ pub struct TrainArgs {
     /// Teacher checkpoint (timm/MAE-named .safetensors or MAE .pth): targets computed online.
     #[arg(long, value_name = "CHECKPOINT")]
     pub teacher: Option<PathBuf>,
+    /// Relation heads the targets are formed with, from a `qkv` or `ln1` store: the teacher's
+    /// q, k, v split into H heads of width D / H, which the student's adaptive block uses too,
+    /// so one store serves every student width that H divides [default: the teacher's heads].
+    /// Refused for a `maps` store (its maps are the teacher's own split). Online, the same is
+    /// --teacher-heads.
+    #[arg(long, value_name = "H", requires = "cache")]
+    pub relation_heads: Option<usize>,
     /// Relation heads of the online teacher's target block, and its attention heads where
     /// nothing else gives them [default: `heads` of a config.json beside a .safetensors, else
     /// the heads of the built-in presets of the checkpoint's width: 192/3, 384/6, 768/12,
@@ -384,6 +391,7 @@ impl TrainArgs {
         let source = match (&self.cache, &self.teacher) {
             (Some(store), _) => SourceConfig::Cache {
                 store: store.clone(),
+                relation_heads: self.relation_heads,
             },
             (None, Some(teacher)) => SourceConfig::Online {
                 teacher: teacher.clone(),

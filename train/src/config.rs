@@ -120,8 +120,10 @@ impl VitConfig {
             return Err(TrainError::Config {
                 origin: "adaptive block".to_string(),
                 message: format!(
-                    "the student's `dim` = {} is not divisible by the teacher's relation head \
-                     count {relation_heads}; pick a student whose width the teacher's heads divide",
+                    "the student's `dim` = {} is not divisible by the relation head count \
+                     {relation_heads} (the teacher's, or --relation-heads); pick a student whose \
+                     width they divide, or (qkv and ln1 stores) --relation-heads H dividing both \
+                     widths",
                     self.dim
                 ),
             });

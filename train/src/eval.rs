@@ -89,6 +89,7 @@ pub fn evaluate(config: &EvalConfig) -> Result<EvalReport> {
     let prepared = Prepared::new(&RunConfig {
         source: SourceConfig::Cache {
             store: config.store.clone(),
+            relation_heads: Some(student.relation_heads()),
         },
         images: config.images.clone(),
         student: student.config().clone(),

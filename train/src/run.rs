@@ -77,6 +77,9 @@ pub enum SourceConfig {
     Cache {
         /// The store folder.
         store: PathBuf,
+        /// Relation heads the targets are formed with (`qkv` and `ln1` stores; `None`: the
+        /// teacher's), which the student's adaptive block then uses.
+        relation_heads: Option<usize>,
     },
     /// A teacher run in candle on every micro-batch.
     Online {
@@ -222,6 +225,8 @@ pub struct Prepared {
     pub targets: TargetSource,
     /// The teacher's geometry.
     pub geometry: TeacherGeometry,
+    /// Relation heads of the targets, and of the student's adaptive block.
+    pub relation_heads: usize,
     /// How student pixels are rendered.
     pub student_pixels: RenderSpec,
     /// Batching.
@@ -239,7 +244,10 @@ impl Prepared {
             ));
         }
         let (rows, catalog, feed, targets, geometry) = match &config.source {
-            SourceConfig::Cache { store } => {
+            SourceConfig::Cache {
+                store,
+                relation_heads,
+            } => {
                 let opened = RelationStore::open(store).map_err(DataError::from)?;
                 let reader = opened.reader().map_err(DataError::from)?;
                 let rows = RowSet::from_store(&reader, store)?;
@@ -256,7 +264,8 @@ impl Prepared {
                 let catalog = ImageCatalog::from_store(&reader, &rows, &root)?;
                 let header = opened.header().clone();
                 let qkv = opened.qkv_params().map_err(DataError::from)?;
-                let decoder = TargetDecoder::new(&header, qkv.as_ref(), &config.device)?;
+                let decoder =
+                    TargetDecoder::new(&header, qkv.as_ref(), *relation_heads, &config.device)?;
                 let feed = TargetFeed::Store(Arc::new(reader));
                 (
                     rows,
@@ -297,7 +306,11 @@ impl Prepared {
                 )
             }
         };
-        check_student(&config.student, &geometry)?;
+        let relation_heads = match &targets {
+            TargetSource::Stored(decoder) => decoder.heads(),
+            TargetSource::Online(_) => geometry.heads as usize,
+        };
+        check_student(&config.student, &geometry, relation_heads)?;
         let plan = BatchPlan {
             rows: rows.len(),
             batch: config.batch,
@@ -325,6 +338,7 @@ impl Prepared {
                 jitter_seed: config.jitter.then_some(config.seed),
             },
             geometry,
+            relation_heads,
             plan,
         })
     }
@@ -390,11 +404,15 @@ fn recorded_source_root(store: &RelationStore) -> Result<Option<PathBuf>> {
     }))
 }
 
-/// Refuses a student the teacher's targets cannot train: width not divisible by the teacher's
+/// Refuses a student the teacher's targets cannot train: width not divisible by the relation
 /// heads, or another token count.
-fn check_student(student: &VitConfig, teacher: &TeacherGeometry) -> Result<()> {
+fn check_student(
+    student: &VitConfig,
+    teacher: &TeacherGeometry,
+    relation_heads: usize,
+) -> Result<()> {
     student.validate("student")?;
-    student.validate_relation_heads(teacher.heads as usize)?;
+    student.validate_relation_heads(relation_heads)?;
     if student.tokens() != teacher.tokens as usize {
         return Err(RunError::Setup(format!(
             "the student sees {} tokens ({} px / patch {} = {}², plus the class token) but the \
@@ -479,7 +497,7 @@ impl LoopState {
 fn fresh_distiller(config: &RunConfig, prepared: &Prepared) -> Result<Distiller> {
     let student = Student::new(
         &config.student,
-        prepared.geometry.heads as usize,
+        prepared.relation_heads,
         config.seed,
         &config.device,
     )?;
@@ -528,6 +546,16 @@ fn starting_point(config: &RunConfig, prepared: &Prepared, state: &LoopState) ->
             path.display(),
             checkpoint.distiller.student.config(),
             config.student
+        )));
+    }
+    let heads = checkpoint.distiller.student.relation_heads();
+    if heads != prepared.relation_heads {
+        return Err(RunError::Setup(format!(
+            "{}: cannot resume: the checkpoint's student was trained with {heads} relation \
+             heads, this command asks for {} relation heads (--relation-heads, or online \
+             --teacher-heads)",
+            path.display(),
+            prepared.relation_heads
         )));
     }
     Ok(checkpoint.distiller)

@@ -1,6 +1,6 @@
 //! Stored targets decode to the same relation maps in candle as in formats' CPU reference
 //! (`decode_maps`) and as in an f64 implementation of TINYMIM.md written here, for all three
-//! encodings.
+//! encodings, and with relation heads other than the teacher's (`--relation-heads`).
 
 use candle_core::Device;
 use half::f16;
@@ -115,7 +115,7 @@ fn qkv_rows_decode_like_the_references() {
     let h = header(Encoding::Qkv);
     let len = Encoding::Qkv.row_len(&h.geometry);
     let raw = random_f16(2 * len, 3.0, &mut rng);
-    let decoder = TargetDecoder::new(&h, None, &Device::Cpu).unwrap();
+    let decoder = TargetDecoder::new(&h, None, None, &Device::Cpu).unwrap();
     for (r, got) in candle_rows(&decoder, &raw, 2).iter().enumerate() {
         let row = &raw[r * len..(r + 1) * len];
         let cpu = decode_maps(Encoding::Qkv, row, &h.geometry, None).unwrap();
@@ -138,7 +138,7 @@ fn ln1_rows_decode_like_the_references() {
     };
     let len = Encoding::Ln1.row_len(&h.geometry);
     let raw = random_f16(2 * len, 2.0, &mut rng);
-    let decoder = TargetDecoder::new(&h, Some(&params), &Device::Cpu).unwrap();
+    let decoder = TargetDecoder::new(&h, Some(&params), None, &Device::Cpu).unwrap();
     let d = D / H;
     for (r, got) in candle_rows(&decoder, &raw, 2).iter().enumerate() {
         let row = &raw[r * len..(r + 1) * len];
@@ -167,7 +167,7 @@ fn maps_rows_pass_through_and_a_short_batch_is_an_error() {
     let h = header(Encoding::Maps);
     let len = Encoding::Maps.row_len(&h.geometry);
     let raw = random_f16(3 * len, 1.0, &mut rng);
-    let decoder = TargetDecoder::new(&h, None, &Device::Cpu).unwrap();
+    let decoder = TargetDecoder::new(&h, None, None, &Device::Cpu).unwrap();
     for (r, got) in candle_rows(&decoder, &raw, 3).iter().enumerate() {
         let want = raw[r * len..(r + 1) * len]
             .iter()
@@ -176,5 +176,116 @@ fn maps_rows_pass_through_and_a_short_batch_is_an_error() {
     }
     let err = decoder.decode(&raw[..len + 5]).unwrap_err().to_string();
     assert!(err.contains("maps"), "{err}");
-    assert!(TargetDecoder::new(&header(Encoding::Ln1), None, &Device::Cpu).is_err());
+    assert!(TargetDecoder::new(&header(Encoding::Ln1), None, None, &Device::Cpu).is_err());
+}
+
+/// f64 reference maps `[2, heads, N, N]` of q, k, v given per token as `[3][N][D]`, split into
+/// `heads` heads of width D / heads (head g = channels [g·d', (g+1)·d')).
+fn maps_with_heads(x: &[Vec<Vec<f64>>], heads: usize) -> Vec<f64> {
+    let w = D / heads;
+    let head = |t: usize, g: usize| -> Vec<Vec<f64>> {
+        x[t].iter()
+            .map(|token| token[g * w..(g + 1) * w].to_vec())
+            .collect()
+    };
+    let mut out = Vec::new();
+    for g in 0..heads {
+        out.extend(softmax_rows(&head(0, g), &head(1, g)));
+    }
+    for g in 0..heads {
+        out.extend(softmax_rows(&head(2, g), &head(2, g)));
+    }
+    out
+}
+
+/// One row's maps from candle, decoded with `heads` relation heads, as `[2, heads, N, N]`.
+fn candle_row(decoder: &TargetDecoder, raw: &[f16], heads: usize) -> Vec<f32> {
+    let (qk, vv) = decoder.decode(raw).unwrap();
+    assert_eq!(qk.dims(), &[1, heads, N, N]);
+    let qk: Vec<f32> = qk.flatten_all().unwrap().to_vec1().unwrap();
+    let vv: Vec<f32> = vv.flatten_all().unwrap().to_vec1().unwrap();
+    [qk, vv].concat()
+}
+
+#[test]
+fn qkv_and_ln1_rows_form_maps_with_any_relation_head_split() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    // qkv: the stored [3, H, N, d] joined back to [3][N][D] in f64.
+    let h = header(Encoding::Qkv);
+    let raw = random_f16(Encoding::Qkv.row_len(&h.geometry), 3.0, &mut rng);
+    let values: Vec<f64> = raw.iter().map(|x| f64::from(x.to_f32())).collect();
+    let d = D / H;
+    let joined: Vec<Vec<Vec<f64>>> = (0..3)
+        .map(|t| {
+            (0..N)
+                .map(|n| {
+                    (0..D)
+                        .map(|c| values[((t * H + c / d) * N + n) * d + c % d])
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    // 3 is the teacher's; 2 and 4 cut across its heads; 1 and 12 are the extremes.
+    for heads in [3, 1, 2, 4, 12] {
+        let decoder = TargetDecoder::new(&h, None, Some(heads), &Device::Cpu).unwrap();
+        assert_eq!(decoder.heads(), heads);
+        let got = candle_row(&decoder, &raw, heads);
+        let err = max_diff(&got, maps_with_heads(&joined, heads));
+        assert!(err < TOLERANCE, "qkv, {heads} heads: {err}");
+    }
+
+    // ln1: q, k, v = X̂Wᵀ + b in f64, then split.
+    let h = header(Encoding::Ln1);
+    let params = QkvParams {
+        weight: (0..3 * D * D)
+            .map(|_| rng.random_range(-0.5..0.5))
+            .collect(),
+        bias: (0..3 * D).map(|_| rng.random_range(-0.2..0.2)).collect(),
+    };
+    let raw = random_f16(Encoding::Ln1.row_len(&h.geometry), 2.0, &mut rng);
+    let x: Vec<f64> = raw.iter().map(|v| f64::from(v.to_f32())).collect();
+    let projected: Vec<Vec<Vec<f64>>> = (0..3)
+        .map(|t| {
+            (0..N)
+                .map(|n| {
+                    (0..D)
+                        .map(|c| {
+                            let o = t * D + c;
+                            let dot: f64 = (0..D)
+                                .map(|i| x[n * D + i] * f64::from(params.weight[o * D + i]))
+                                .sum();
+                            dot + f64::from(params.bias[o])
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    for heads in [3, 2, 6] {
+        let decoder = TargetDecoder::new(&h, Some(&params), Some(heads), &Device::Cpu).unwrap();
+        let got = candle_row(&decoder, &raw, heads);
+        let err = max_diff(&got, maps_with_heads(&projected, heads));
+        assert!(err < 1e-5, "ln1, {heads} heads: {err}");
+    }
+}
+
+#[test]
+fn relation_heads_are_refused_for_maps_and_where_they_do_not_divide_the_width() {
+    let maps = header(Encoding::Maps);
+    assert!(TargetDecoder::new(&maps, None, Some(H), &Device::Cpu).is_ok());
+    let err = TargetDecoder::new(&maps, None, Some(6), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--relation-heads") && err.contains("`maps`") && err.contains("qkv"),
+        "{err}"
+    );
+    let err = TargetDecoder::new(&header(Encoding::Qkv), None, Some(5), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("5 relation heads") && err.contains("12"),
+        "{err}"
+    );
 }

@@ -7,7 +7,7 @@ mod loop_fixture;
 use candle_core::Device;
 use loop_fixture::{student_config, weights, World, SEED, TEACHER_HEADS};
 use tinymim_train::metrics::{read_metrics, METRICS_FILE};
-use tinymim_train::run::train;
+use tinymim_train::run::{train, SourceConfig};
 use tinymim_train::Student;
 
 /// ‖a − b‖₂ over every tensor of two weight lists.
@@ -130,6 +130,24 @@ fn resume_refuses_other_data_or_batching() {
     let err = train(&run).unwrap_err().to_string();
     assert!(
         err.contains("cannot resume") && err.contains("--batch"),
+        "{err}"
+    );
+}
+
+#[test]
+fn resume_refuses_other_relation_heads() {
+    let world = World::new(3, 2);
+    let mut run = world.online_run("run");
+    run.max_steps = Some(1);
+    train(&run).unwrap();
+    run.resume = true;
+    run.max_steps = Some(2);
+    if let SourceConfig::Online { options, .. } = &mut run.source {
+        options.heads = Some(1);
+    }
+    let err = train(&run).unwrap_err().to_string();
+    assert!(
+        err.contains("cannot resume") && err.contains("1 relation heads"),
         "{err}"
     );
 }

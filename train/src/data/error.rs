@@ -14,6 +14,9 @@ pub enum DataError {
     /// An image folder could not be listed.
     #[error(transparent)]
     Walk(#[from] tinymim_formats::images::WalkError),
+    /// The relation heads asked for cannot be formed from the store's targets.
+    #[error("--relation-heads: {0}")]
+    RelationHeads(String),
     /// A source image could not be decoded or rendered.
     #[error(transparent)]
     Render(#[from] RenderError),

@@ -5,12 +5,18 @@
 //! - `qkv`: softmax(q·kᵀ·d^-½) and softmax(v·vᵀ·d^-½) of the stored q, k, v;
 //! - `ln1`: q, k, v = X̂Wᵀ + b from the stored LN1 output and the store's qkv weight and bias,
 //!   then as `qkv`.
+//!
+//! From `qkv` and `ln1` rows the maps can be formed with any split of the teacher's width D into
+//! relation heads H' (`train --relation-heads`, MiniLMv2's relation heads): q, k and v are
+//! joined back to `[N, D]` and split into H' heads of width D / H', so one store serves every
+//! student width that H' divides. `maps` rows are softmaxes of the teacher's own split and
+//! cannot be re-split.
 
 use candle_core::{DType, Device, Tensor};
 use half::f16;
 use tinymim_formats::{Encoding, QkvParams, StoreError, StoreHeader};
 
-use super::error::Result;
+use super::error::{DataError, Result};
 use crate::model::fused::softmax_last_dim;
 use crate::model::HeadsQkv;
 
@@ -18,6 +24,9 @@ use crate::model::HeadsQkv;
 #[derive(Clone, Debug)]
 pub struct TargetDecoder {
     encoding: Encoding,
+    /// Heads of the stored rows (the teacher's).
+    stored_heads: usize,
+    /// Relation heads of the decoded maps.
     heads: usize,
     tokens: usize,
     dim: usize,
@@ -27,11 +36,33 @@ pub struct TargetDecoder {
 }
 
 impl TargetDecoder {
-    /// A decoder for the store described by `header`; `qkv` (the store's qkv parameters) is
-    /// required for the `ln1` encoding.
-    pub fn new(header: &StoreHeader, qkv: Option<&QkvParams>, device: &Device) -> Result<Self> {
+    /// A decoder for the store described by `header`, forming maps with `relation_heads`
+    /// heads (`None`: the teacher's); `qkv` (the store's qkv parameters) is required for the
+    /// `ln1` encoding. Refused: a head count that does not divide the teacher's width, and any
+    /// other than the teacher's for `maps`.
+    pub fn new(
+        header: &StoreHeader,
+        qkv: Option<&QkvParams>,
+        relation_heads: Option<usize>,
+        device: &Device,
+    ) -> Result<Self> {
         let g = &header.geometry;
         let dim = g.dim as usize;
+        let stored_heads = g.heads as usize;
+        let heads = relation_heads.unwrap_or(stored_heads);
+        if heads == 0 || !dim.is_multiple_of(heads) {
+            return Err(DataError::RelationHeads(format!(
+                "{heads} relation heads do not divide the teacher's width {dim}"
+            )));
+        }
+        if header.encoding == Encoding::Maps && heads != stored_heads {
+            return Err(DataError::RelationHeads(format!(
+                "a `maps` store holds the teacher's relation maps for its own {stored_heads} \
+                 heads, softmaxes that cannot be split into {heads}; train with the teacher's \
+                 {stored_heads} relation heads, or extract `qkv` or `ln1` targets, which any head \
+                 split can be formed from"
+            )));
+        }
         let projection = match header.encoding {
             Encoding::Ln1 => {
                 let params = qkv.ok_or(StoreError::MissingQkvParams)?;
@@ -44,7 +75,8 @@ impl TargetDecoder {
         };
         Ok(TargetDecoder {
             encoding: header.encoding,
-            heads: g.heads as usize,
+            stored_heads,
+            heads,
             tokens: g.tokens as usize,
             dim,
             projection,
@@ -52,9 +84,14 @@ impl TargetDecoder {
         })
     }
 
+    /// Relation heads of the decoded maps.
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
     /// Values of one raw row.
     pub fn row_len(&self) -> usize {
-        let (h, n, d) = (self.heads, self.tokens, self.dim / self.heads);
+        let (h, n, d) = (self.stored_heads, self.tokens, self.dim / self.stored_heads);
         match self.encoding {
             Encoding::Maps => 2 * h * n * n,
             Encoding::Qkv => 3 * h * n * d,
@@ -75,7 +112,8 @@ impl TargetDecoder {
             .into());
         }
         let b = raw.len() / len;
-        let (h, n, d) = (self.heads, self.tokens, self.dim / self.heads);
+        let (h, n, d) = (self.stored_heads, self.tokens, self.dim / self.stored_heads);
+        let (rh, rd) = (self.heads, self.dim / self.heads);
         let values = Tensor::from_slice(raw, raw.len(), &self.device)?.to_dtype(DType::F32)?;
         match (self.encoding, &self.projection) {
             (Encoding::Maps, _) => {
@@ -83,7 +121,14 @@ impl TargetDecoder {
                 Ok((maps.get_on_dim(1, 0)?, maps.get_on_dim(1, 1)?))
             }
             (Encoding::Qkv, _) => {
-                let qkv = values.reshape((b, 3, h, n, d))?;
+                let mut qkv = values.reshape((b, 3, h, n, d))?;
+                if rh != h {
+                    // Join the heads back into [N, D] per token, then split into H'.
+                    qkv = qkv
+                        .permute((0, 1, 3, 2, 4))?
+                        .reshape((b, 3, n, rh, rd))?
+                        .permute((0, 1, 3, 2, 4))?;
+                }
                 let heads = HeadsQkv {
                     q: qkv.get_on_dim(1, 0)?.contiguous()?,
                     k: qkv.get_on_dim(1, 1)?.contiguous()?,
@@ -96,7 +141,7 @@ impl TargetDecoder {
                     .reshape((b * n, self.dim))?
                     .matmul(weight_t)?
                     .broadcast_add(bias)?
-                    .reshape((b, n, 3, h, d))?
+                    .reshape((b, n, 3, rh, rd))?
                     .permute((2, 0, 3, 1, 4))?;
                 let heads = HeadsQkv {
                     q: qkv.get(0)?.contiguous()?,

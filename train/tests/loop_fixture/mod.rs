@@ -217,6 +217,7 @@ impl World {
         RunConfig {
             source: SourceConfig::Cache {
                 store: self.store.clone(),
+                relation_heads: None,
             },
             images: None,
             student: student_config(),
