@@ -14,9 +14,9 @@
 //! f32 relation maps (`relation_maps`, TINYMIM.md), decodes the stored row to maps, and
 //! reports the mean over rows of KL(exact ‖ decoded) (each row's KL is the mean over its
 //! 2·H·N query rows of the sum over keys, as in the loss) and the largest absolute error of a
-//! probability. A decoded probability of exactly 0 (only `maps` stores them: values at or
-//! under 2⁻²⁵ round to 0 in float16) is counted as 2⁻²⁵, the largest value that rounds to 0;
-//! the share of such entries is reported beside it.
+//! probability (`common/fidelity.rs`). A decoded probability of exactly 0 (only `maps` stores
+//! them: values at or under 2⁻²⁵ round to 0 in float16) is counted as 2⁻²⁵, the largest value
+//! that rounds to 0; the share of such entries is reported beside it.
 //!
 //! ```text
 //! cargo run -p tinymim-extract --example bench_extract -- [VIEWS_PER_IMAGE] [BATCH] [THREADS]
@@ -30,6 +30,10 @@ use std::time::{Duration, Instant};
 
 use ndarray::{Array4, Axis};
 
+#[path = "common/fidelity.rs"]
+mod fidelity;
+use fidelity::Fidelity;
+
 use tinymim_extract::pipeline::{extract, ExtractOptions};
 use tinymim_extract::source::Shard;
 use tinymim_extract::teacher::{Teacher, TeacherConfig, TeacherOptions};
@@ -39,17 +43,6 @@ use tinymim_formats::{relation_maps, Encoding, RelationStore, SourceImage, ViewR
 
 /// Stored rows whose fidelity is measured per encoding.
 const FIDELITY_ROWS: usize = 24;
-
-/// The largest value float16 rounds to 0 (half its smallest subnormal, 2⁻²⁴).
-const F16_ZERO: f64 = 1.0 / (1u64 << 25) as f64;
-
-/// How far decoded stored targets are from the teacher's exact maps, over sampled rows.
-struct Fidelity {
-    rows: usize,
-    mean_kl: f64,
-    max_abs: f64,
-    zero_share: f64,
-}
 
 /// Re-runs the teacher on `FIDELITY_ROWS` rows of the store at `store` (images under
 /// `photos`) and compares their exact maps with the decoded stored ones.
@@ -74,7 +67,7 @@ fn fidelity(teacher: &mut Teacher, store: &Path, photos: &Path) -> anyhow::Resul
         image.render(&meta.view, g.image_size, &g.normalization, out)?;
     }
     let exact = teacher.run(&pixels, rows.len())?;
-    let (mut kl_sum, mut max_abs, mut zeros, mut entries) = (0.0, 0.0f64, 0usize, 0usize);
+    let mut fidelity = Fidelity::default();
     for (b, &i) in rows.iter().enumerate() {
         let at = |a: &Array4<f32>| a.index_axis(Axis(0), b).to_owned();
         let truth = relation_maps(
@@ -82,28 +75,9 @@ fn fidelity(teacher: &mut Teacher, store: &Path, photos: &Path) -> anyhow::Resul
             at(&exact.k).view(),
             at(&exact.v).view(),
         );
-        let decoded = reader.maps(i)?;
-        let (mut row_kl, mut queries) = (0.0, 0usize);
-        for (p_row, q_row) in truth.rows().into_iter().zip(decoded.rows()) {
-            for (&p, &q) in p_row.iter().zip(q_row.iter()) {
-                let (p, q) = (f64::from(p), f64::from(q));
-                max_abs = max_abs.max((p - q).abs());
-                zeros += usize::from(q == 0.0);
-                if p > 0.0 {
-                    row_kl += p * (p / q.max(F16_ZERO)).ln();
-                }
-            }
-            queries += 1;
-            entries += p_row.len();
-        }
-        kl_sum += row_kl / queries as f64;
+        fidelity.add(&truth, &reader.maps(i)?);
     }
-    Ok(Fidelity {
-        rows: rows.len(),
-        mean_kl: kl_sum / rows.len() as f64,
-        max_abs,
-        zero_share: zeros as f64 / entries as f64,
-    })
+    Ok(fidelity)
 }
 
 fn cache() -> PathBuf {
@@ -198,9 +172,9 @@ fn main() -> anyhow::Result<()> {
             bare,
             ratio,
             summary.bytes_per_view.unwrap_or(0.0),
-            fid.mean_kl,
+            fid.mean_kl(),
             fid.max_abs,
-            100.0 * fid.zero_share
+            100.0 * fid.zero_share()
         );
         println!(
             "{}",
@@ -215,9 +189,9 @@ fn main() -> anyhow::Result<()> {
                 "ratio": ratio,
                 "bytes_per_view": summary.bytes_per_view,
                 "fidelity_rows": fid.rows,
-                "mean_kl_exact_decoded": fid.mean_kl,
+                "mean_kl_exact_decoded": fid.mean_kl(),
                 "max_abs_error": fid.max_abs,
-                "decoded_zero_share": fid.zero_share,
+                "decoded_zero_share": fid.zero_share(),
             })
         );
     }

@@ -12,6 +12,7 @@
 //! - [`teacher`]: the teacher's geometry (tokens, heads, width, target block, …) and the ONNX
 //!   teacher contract;
 //! - [`encoding`]: the three encodings of relation targets (`maps`, `qkv`, `ln1`);
+//! - [`quant`]: 8-bit quantisation of `ln1` rows (the layouts an int8 encoding can take);
 //! - [`relation`]: relation maps softmax(q·kᵀ/√d), softmax(v·vᵀ/√d) computed on the CPU;
 //! - [`store`]: the content-addressed Zarr v3 relation store (`relations.zarr`);
 //! - [`vit`]: the ViT architectures and their timm/MAE checkpoints, which both phases read.
@@ -21,6 +22,7 @@ pub mod device;
 pub mod encoding;
 pub mod hash;
 pub mod images;
+pub mod quant;
 pub mod relation;
 pub mod render;
 pub mod store;
