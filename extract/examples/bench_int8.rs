@@ -34,27 +34,44 @@ use tinymim_formats::{relation_maps, split_heads_qkv, SourceImage, ViewRecipe};
 /// ViT-L/16 block 18: tokens and width.
 const VIT_L: (usize, usize) = (197, 1024);
 
-/// A way of storing X̂: its name, bytes of a row of N × D, and its round trip.
-struct Storage {
-    name: &'static str,
-    row_bytes: Box<dyn Fn(usize, usize) -> usize>,
-    round_trip: Box<dyn Fn(ArrayView2<f32>) -> Array2<f32>>,
+/// A way of storing X̂.
+#[derive(Clone, Copy)]
+enum Storage {
+    /// Today's `ln1`.
+    Float16,
+    /// 8-bit with scales.
+    Int8(Int8Layout),
 }
 
-fn storages() -> Vec<Storage> {
-    let mut out = vec![Storage {
-        name: "float16",
-        row_bytes: Box::new(|n, d| 2 * n * d),
-        round_trip: Box::new(|x| x.mapv(|v| f16::from_f32(v).to_f32())),
-    }];
-    for layout in Int8Layout::ALL {
-        out.push(Storage {
-            name: layout.name(),
-            row_bytes: Box::new(move |n, d| layout.row_bytes(n, d)),
-            round_trip: Box::new(move |x| dequantize(&quantize(x, layout))),
-        });
+impl Storage {
+    fn all() -> Vec<Storage> {
+        std::iter::once(Storage::Float16)
+            .chain(Int8Layout::ALL.map(Storage::Int8))
+            .collect()
     }
-    out
+
+    fn name(self) -> &'static str {
+        match self {
+            Storage::Float16 => "float16",
+            Storage::Int8(layout) => layout.name(),
+        }
+    }
+
+    /// Bytes of a row of N × D.
+    fn row_bytes(self, tokens: usize, dim: usize) -> usize {
+        match self {
+            Storage::Float16 => 2 * tokens * dim,
+            Storage::Int8(layout) => layout.row_bytes(tokens, dim),
+        }
+    }
+
+    /// X̂ stored and read back.
+    fn round_trip(self, x: ArrayView2<f32>) -> Array2<f32> {
+        match self {
+            Storage::Float16 => x.mapv(|v| f16::from_f32(v).to_f32()),
+            Storage::Int8(layout) => dequantize(&quantize(x, layout)),
+        }
+    }
 }
 
 fn cache() -> PathBuf {
@@ -101,7 +118,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let per_view = teacher.pixels_per_view();
-    let storages = storages();
+    let storages = Storage::all();
     let mut fidelity = vec![Fidelity::default(); storages.len()];
     for chunk in pixels.chunks(batch * per_view) {
         let out = teacher.run(chunk, chunk.len() / per_view)?;
@@ -117,7 +134,7 @@ fn main() -> anyhow::Result<()> {
             );
             let x = ln1.index_axis(Axis(0), b);
             for (storage, fid) in storages.iter().zip(&mut fidelity) {
-                let decoded = (storage.round_trip)(x);
+                let decoded = storage.round_trip(x);
                 let qkv = split_heads_qkv(decoded.view(), weight, bias, heads);
                 let maps = relation_maps(
                     qkv.slice(s![0, .., .., ..]),
@@ -140,9 +157,9 @@ fn main() -> anyhow::Result<()> {
         let (ln, ld) = VIT_L;
         eprintln!(
             "{:<14} {:>12} {:>14} {:>16.3e} {:>12.2e} {:>7.3}%",
-            storage.name,
-            (storage.row_bytes)(n, dim),
-            (storage.row_bytes)(ln, ld),
+            storage.name(),
+            storage.row_bytes(n, dim),
+            storage.row_bytes(ln, ld),
             fid.mean_kl(),
             fid.max_abs,
             100.0 * fid.zero_share()
@@ -151,10 +168,10 @@ fn main() -> anyhow::Result<()> {
             "{}",
             serde_json::json!({
                 "bench": "int8",
-                "storage": storage.name,
+                "storage": storage.name(),
                 "views": fid.rows,
-                "row_bytes": (storage.row_bytes)(n, dim),
-                "vit_l_row_bytes": (storage.row_bytes)(ln, ld),
+                "row_bytes": storage.row_bytes(n, dim),
+                "vit_l_row_bytes": storage.row_bytes(ln, ld),
                 "mean_kl_exact_decoded": fid.mean_kl(),
                 "max_abs_error": fid.max_abs,
                 "decoded_zero_share": fid.zero_share(),

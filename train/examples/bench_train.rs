@@ -97,6 +97,7 @@ fn main() {
         clip: None,
         seed: 0,
         jitter: true,
+        group_views: false,
         checkpoint_every: None,
         max_steps: Some(steps),
         resume: false,

@@ -171,6 +171,11 @@ pub struct TrainArgs {
     /// Turn the student's colour jitter off.
     #[arg(long)]
     pub no_jitter: bool,
+    /// Visit each image's views together (FKD-style: images shuffled, their views adjacent),
+    /// so a micro-batch decodes each source image once for all its views instead of once per
+    /// view. Changes the data order, hence off by default.
+    #[arg(long)]
+    pub group_views: bool,
     /// Save a checkpoint every N steps (and always at the end).
     #[arg(long, value_name = "N")]
     pub checkpoint_every: Option<u64>,
@@ -424,6 +429,7 @@ impl TrainArgs {
             clip: self.clip.or(recipe.clip),
             seed: self.seed.or(recipe.seed).unwrap_or(0),
             jitter: !self.no_jitter && recipe.jitter.unwrap_or(true),
+            group_views: self.group_views,
             checkpoint_every: self.checkpoint_every.or(recipe.checkpoint_every),
             max_steps: self.max_steps,
             resume: self.resume,

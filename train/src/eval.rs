@@ -102,6 +102,7 @@ pub fn evaluate(config: &EvalConfig) -> Result<EvalReport> {
         clip: None,
         seed: 0,
         jitter: false,
+        group_views: false,
         checkpoint_every: None,
         max_steps: None,
         resume: false,

@@ -119,6 +119,8 @@ pub struct RunConfig {
     pub seed: u64,
     /// Student colour jitter on or off.
     pub jitter: bool,
+    /// Each image's views visited together (FKD-style; one decode per image and micro-batch).
+    pub group_views: bool,
     /// Save a checkpoint every this many steps (besides the last one).
     pub checkpoint_every: Option<u64>,
     /// Stop after this many optimiser steps (the schedule still spans `epochs`).
@@ -316,6 +318,7 @@ impl Prepared {
             batch: config.batch,
             accum: config.accum,
             seed: config.seed,
+            group_views: config.group_views,
         };
         if plan.steps_per_epoch() == 0 {
             return Err(RunError::Setup(format!(
@@ -441,6 +444,9 @@ struct LoopState {
     seed: u64,
     jitter: bool,
     epochs: u64,
+    /// Absent from checkpoints of runs before the option existed (all ungrouped).
+    #[serde(default)]
+    group_views: bool,
 }
 
 impl LoopState {
@@ -452,6 +458,7 @@ impl LoopState {
             seed: config.seed,
             jitter: config.jitter,
             epochs: config.epochs,
+            group_views: config.group_views,
         }
     }
 
@@ -483,6 +490,11 @@ impl LoopState {
                 "--no-jitter off=1",
                 u64::from(saved.jitter),
                 u64::from(self.jitter),
+            ),
+            (
+                "--group-views on=1",
+                u64::from(saved.group_views),
+                u64::from(self.group_views),
             ),
         ] {
             if a != b {

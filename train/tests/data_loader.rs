@@ -89,6 +89,7 @@ fn spec(world: &World, jitter: bool) -> LoaderSpec {
             batch: 2,
             accum: 1,
             seed: SEED,
+            group_views: false,
         },
         rows: Arc::new(rows),
         catalog: Arc::new(catalog),

@@ -520,3 +520,15 @@ fn a_run_killed_mid_training_resumes_with_each_step_logged_once() {
     assert!(result.status.success(), "{}", stderr(&result));
     assert_eq!(steps, read(&straight));
 }
+
+#[test]
+fn grouped_views_train_and_a_resume_must_keep_the_grouping() {
+    let world = World::new(3, 2);
+    let out = world.dir.path().join("grouped");
+    let result = train_on(&world.store, &out, &["--group-views", "--max-steps", "1"]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    let result = train_on(&world.store, &out, &["--resume"]);
+    assert!(!result.status.success());
+    let err = stderr(&result);
+    assert!(err.contains("--group-views"), "{err}");
+}

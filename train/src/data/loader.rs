@@ -13,7 +13,7 @@ use tinymim_formats::StoreReader;
 
 use super::error::Result;
 use super::images::ImageCatalog;
-use super::order::{epoch_order, BatchPlan};
+use super::order::BatchPlan;
 use super::pixels::{decode_images, render_rows, RenderSpec};
 use super::rows::{Row, RowSet};
 
@@ -136,7 +136,7 @@ impl Loader {
                 for micro in spec.first..spec.first + spec.count {
                     let epoch = spec.plan.epoch_of(micro);
                     if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                        order = Some((epoch, epoch_order(spec.rows.len(), spec.plan.seed, epoch)));
+                        order = Some((epoch, spec.plan.epoch_order(&spec.rows, epoch)));
                     }
                     let (_, rows) = order.as_ref().expect("set above");
                     let batch = pool.install(|| load_micro_batch(&spec, micro, rows));

@@ -15,7 +15,7 @@ pub use images::{scan_images, FoundImage, ImageCatalog};
 pub use loader::{
     load_micro_batch, load_rows, LoadedBatch, Loader, LoaderSpec, Payload, TargetFeed,
 };
-pub use order::{epoch_order, BatchPlan};
+pub use order::{epoch_order, grouped_epoch_order, BatchPlan};
 pub use pixels::RenderSpec;
 pub use rows::{Row, RowSet};
 pub use targets::{relation_maps, TargetDecoder};

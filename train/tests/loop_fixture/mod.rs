@@ -230,6 +230,7 @@ impl World {
             clip: None,
             seed: SEED,
             jitter: true,
+            group_views: false,
             checkpoint_every: None,
             max_steps: None,
             resume: false,

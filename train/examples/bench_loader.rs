@@ -1,0 +1,228 @@
+//! The loader's stages, each on one core, in views/s: reading a target row from the store
+//! (zstd + crc32c, per encoding, at ViT-L/16 block-18 size), decoding the source JPEG, and
+//! rendering one view (RandomResizedCrop + bicubic resize to 224 px) with its colour jitter and
+//! normalisation; then what one core sustains for K views per image with and without the K views
+//! of an image sharing one decode, and how many cores a GPU at a given rate needs. The decode
+//! of targets into maps, which runs on the training device, is timed on this CPU beside them.
+//!
+//! ```text
+//! cargo run --release -p tinymim-train --example bench_loader -- [--views-per-image 4]
+//!     [--gpu-views-per-s 3000] [--rows 64]
+//! ```
+//!
+//! The JPEG is ImageNet-sized: a cached photo resized to 500×333 and encoded at quality 90 by
+//! the `image` crate. Store rows hold random float16 values (real targets compress 8–14 %
+//! better). Needs the asset cache (scripts/setup.sh).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use half::f16;
+use image::codecs::jpeg::JpegEncoder;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tinymim_formats::view::sample_views;
+use tinymim_formats::{
+    content_key, Encoding, Hash32, ImageEntry, Normalization, QkvParams, RelationStore, RowMeta,
+    SourceImage, StoreHeader, TeacherGeometry, ViewRecipe,
+};
+use tinymim_train::data::TargetDecoder;
+use tinymim_train::jitter::{jitter_and_normalize, ColorJitter};
+
+/// ViT-L/16 block 18 at 224 px.
+fn vit_l() -> TeacherGeometry {
+    TeacherGeometry {
+        arch: "mae-vit-large".into(),
+        tokens: 197,
+        heads: 16,
+        dim: 1024,
+        target_block: 18,
+        patch: 16,
+        image_size: 224,
+        normalization: Normalization::IMAGENET,
+    }
+}
+
+/// Items per second of `f` run `n` times on one core (a one-thread rayon pool: the renderer
+/// and the decoders split their work into rayon tasks), after one warm-up call.
+fn per_core(n: usize, mut f: impl FnMut(usize) + Send) -> f64 {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("a one-thread pool");
+    pool.install(|| {
+        f(0);
+        let started = Instant::now();
+        for i in 0..n {
+            f(i);
+        }
+        n as f64 / started.elapsed().as_secs_f64()
+    })
+}
+
+/// A store of `rows` random rows of `encoding` at ViT-L size in `dir`.
+fn random_store(dir: &Path, encoding: Encoding, rows: usize) -> anyhow::Result<PathBuf> {
+    let geometry = vit_l();
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let header = StoreHeader {
+        teacher: Hash32::of_bytes(b"bench teacher"),
+        geometry: geometry.clone(),
+        encoding,
+        recipe: ViewRecipe::default(),
+    };
+    let d = geometry.dim as usize;
+    let params = QkvParams {
+        weight: (0..3 * d * d)
+            .map(|_| rng.random_range(-0.05..0.05))
+            .collect(),
+        bias: vec![0.0; 3 * d],
+    };
+    let path = dir.join(format!("{encoding}.zarr"));
+    let store = RelationStore::create_or_open(&path, &header, Some(&params))?;
+    let mut writer = store.begin_segment(rows as u64)?;
+    let len = encoding.row_len(&geometry);
+    for r in 0..rows {
+        let image = Hash32::of_bytes(&(r / 4).to_le_bytes());
+        writer.add_image(ImageEntry {
+            hash: image,
+            path: format!("img{}.jpg", r / 4),
+            size: 1,
+            label: None,
+        })?;
+        let view = sample_views(&header.recipe, &image, 500, 333, 4)[r % 4];
+        let key = content_key(
+            &header.teacher,
+            geometry.target_block,
+            encoding,
+            &image,
+            &view,
+        );
+        let targets: Vec<f16> = (0..len)
+            .map(|_| f16::from_f32(rng.random_range(-2.0..2.0)))
+            .collect();
+        writer.push(RowMeta { key, image, view }, &targets)?;
+    }
+    writer.commit(serde_json::Value::Null)?;
+    Ok(path)
+}
+
+fn cache() -> PathBuf {
+    std::env::var_os("TINYMIM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/tinymim"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let k = common::number("--views-per-image", 4);
+    let gpu_rate = common::number("--gpu-views-per-s", 3000) as f64;
+    let rows = common::number("--rows", 64);
+    let size = 224u32;
+
+    // Source decode: an ImageNet-sized JPEG.
+    let photo = image::open(cache().join("photos/coffee.png"))?.to_rgb8();
+    let small = image::imageops::resize(&photo, 500, 333, image::imageops::FilterType::CatmullRom);
+    let mut jpeg = Vec::new();
+    JpegEncoder::new_with_quality(&mut jpeg, 90).encode_image(&small)?;
+    let name = Path::new("imagenet-sized.jpg");
+    let jpeg_rate = per_core(200, |_| {
+        SourceImage::decode(&jpeg, name).expect("decodes");
+    });
+
+    // View render + colour jitter + normalisation.
+    let image = SourceImage::decode(&jpeg, name)?;
+    let hash = Hash32::of_bytes(&jpeg);
+    let views = sample_views(&ViewRecipe::default(), &hash, 500, 333, 64);
+    let mut rgb = vec![0u8; 3 * (size * size) as usize];
+    let mut out = vec![0f32; rgb.len()];
+    let render_rate = per_core(400, |i| {
+        let view = &views[i % views.len()];
+        image.render_rgb(view, size, &mut rgb).expect("renders");
+        let jitter = ColorJitter::draw(0, 0, &hash, view);
+        jitter_and_normalize(&rgb, &jitter, &Normalization::IMAGENET, &mut out);
+    });
+
+    println!(
+        "{}",
+        serde_json::json!({"bench": "loader", "stage": "jpeg_decode", "jpeg_bytes": jpeg.len(),
+            "width": 500, "height": 333, "per_core_per_s": jpeg_rate})
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "loader", "stage": "render_jitter", "size": size,
+            "per_core_per_s": render_rate})
+    );
+    eprintln!(
+        "one core: JPEG 500×333 ({} kB) decode {jpeg_rate:.0}/s; view render + jitter at \
+         {size} px {render_rate:.0}/s",
+        jpeg.len() / 1000
+    );
+    eprintln!(
+        "{:<6} {:>10} {:>12} {:>14} {:>16} {:>16} {:>12}",
+        "enc",
+        "row kB",
+        "read rows/s",
+        "device dec/s",
+        format!("{k} views/img v/s"),
+        "undecoded-once",
+        format!("cores@{gpu_rate:.0}")
+    );
+    let dir = tempfile::tempdir()?;
+    for encoding in Encoding::ALL {
+        // Fewer of the big rows, so that every store stays a few hundred MB.
+        let n = match encoding {
+            Encoding::Maps => rows / 4,
+            Encoding::Qkv => rows / 2,
+            Encoding::Ln1 => rows,
+        }
+        .max(4);
+        let path = random_store(dir.path(), encoding, n)?;
+        let opened = RelationStore::open(&path)?;
+        let reader = opened.reader()?;
+        let read_rate = per_core(n, |i| {
+            reader.targets(i % n).expect("reads");
+        });
+        let decoder = TargetDecoder::new(
+            opened.header(),
+            opened.qkv_params()?.as_ref(),
+            None,
+            &candle_core::Device::Cpu,
+        )?;
+        let batch: Vec<f16> = (0..8)
+            .flat_map(|i| reader.targets(i % n).unwrap())
+            .collect();
+        let started = Instant::now();
+        let reps = 3;
+        for _ in 0..reps {
+            decoder.decode(&batch)?;
+        }
+        let device_rate = (8 * reps) as f64 / started.elapsed().as_secs_f64();
+        // Seconds of one core per view: read + render, plus the JPEG decode shared by the K
+        // views of an image (grouped) or paid by every view.
+        let base = 1.0 / read_rate + 1.0 / render_rate;
+        let grouped = 1.0 / (base + 1.0 / (k as f64 * jpeg_rate));
+        let ungrouped = 1.0 / (base + 1.0 / jpeg_rate);
+        let row_kb = encoding.row_len(&opened.header().geometry) as f64 * 2.0 / 1000.0;
+        eprintln!(
+            "{:<6} {:>10.0} {:>12.0} {:>14.1} {:>16.0} {:>16.0} {:>12.1}",
+            encoding.name(),
+            row_kb,
+            read_rate,
+            device_rate,
+            grouped,
+            ungrouped,
+            gpu_rate / grouped
+        );
+        println!(
+            "{}",
+            serde_json::json!({"bench": "loader", "stage": "store_read", "encoding": encoding.name(),
+                "row_bytes": row_kb * 1000.0, "per_core_rows_per_s": read_rate,
+                "device_decode_views_per_s_this_cpu": device_rate,
+                "views_per_image": k, "per_core_views_per_s_grouped": grouped,
+                "per_core_views_per_s_each_view_decoded": ungrouped,
+                "cores_for_gpu_rate": gpu_rate / grouped, "gpu_views_per_s": gpu_rate})
+        );
+    }
+    Ok(())
+}
