@@ -81,7 +81,7 @@ fn the_adaptive_block_needs_a_head_count_dividing_the_width() {
     assert!(matches!(err, TrainError::Config { .. }));
     assert!(
         err.to_string()
-            .contains("not divisible by the teacher's relation head count 5"),
+            .contains("not divisible by the relation head count 5"),
         "{err}"
     );
     assert!(Student::new(&small(), 0, 0, &Device::Cpu).is_err());

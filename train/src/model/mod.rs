@@ -144,7 +144,7 @@ impl Student {
         self.precision
     }
 
-    /// Heads of the adaptive last block (the teacher's relation head count).
+    /// Heads of the adaptive last block (the relation head count of the targets).
     pub fn relation_heads(&self) -> usize {
         self.relation_heads
     }
