@@ -4,6 +4,8 @@
 //! normalisation; then what one core sustains for K views per image with and without the K views
 //! of an image sharing one decode, and how many cores a GPU at a given rate needs. The decode
 //! of targets into maps, which runs on the training device, is timed on this CPU beside them.
+//! Then the real loader ([`load_micro_batch`]) end to end on one core, on an `ln1` store of
+//! K views of 64 such JPEGs, in the default order and with `--group-views`.
 //!
 //! ```text
 //! cargo run --release -p tinymim-train --example bench_loader -- [--views-per-image 4]
@@ -23,12 +25,17 @@ use half::f16;
 use image::codecs::jpeg::JpegEncoder;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::sync::Arc;
 use tinymim_formats::view::sample_views;
 use tinymim_formats::{
     content_key, Encoding, Hash32, ImageEntry, Normalization, QkvParams, RelationStore, RowMeta,
     SourceImage, StoreHeader, TeacherGeometry, ViewRecipe,
 };
-use tinymim_train::data::TargetDecoder;
+
+use tinymim_train::data::{
+    load_micro_batch, BatchPlan, ImageCatalog, LoaderSpec, RenderSpec, RowSet, TargetDecoder,
+    TargetFeed,
+};
 use tinymim_train::jitter::{jitter_and_normalize, ColorJitter};
 
 /// ViT-L/16 block 18 at 224 px.
@@ -62,8 +69,14 @@ fn per_core(n: usize, mut f: impl FnMut(usize) + Send) -> f64 {
     })
 }
 
-/// A store of `rows` random rows of `encoding` at ViT-L size in `dir`.
-fn random_store(dir: &Path, encoding: Encoding, rows: usize) -> anyhow::Result<PathBuf> {
+/// A store of `rows` random rows of `encoding` at ViT-L size in `dir`; row r is view r % 4 of
+/// image r / 4, whose bytes are `images(r / 4)` (`None`: images that exist only by name).
+fn random_store(
+    dir: &Path,
+    encoding: Encoding,
+    rows: usize,
+    images: Option<&dyn Fn(usize) -> Vec<u8>>,
+) -> anyhow::Result<PathBuf> {
     let geometry = vit_l();
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let header = StoreHeader {
@@ -84,11 +97,17 @@ fn random_store(dir: &Path, encoding: Encoding, rows: usize) -> anyhow::Result<P
     let mut writer = store.begin_segment(rows as u64)?;
     let len = encoding.row_len(&geometry);
     for r in 0..rows {
-        let image = Hash32::of_bytes(&(r / 4).to_le_bytes());
+        let (image, size) = match images {
+            Some(bytes) => {
+                let bytes = bytes(r / 4);
+                (Hash32::of_bytes(&bytes), bytes.len() as u64)
+            }
+            None => (Hash32::of_bytes(&(r / 4).to_le_bytes()), 1),
+        };
         writer.add_image(ImageEntry {
             hash: image,
             path: format!("img{}.jpg", r / 4),
-            size: 1,
+            size,
             label: None,
         })?;
         let view = sample_views(&header.recipe, &image, 500, 333, 4)[r % 4];
@@ -177,7 +196,7 @@ fn main() -> anyhow::Result<()> {
             Encoding::Ln1 => rows,
         }
         .max(4);
-        let path = random_store(dir.path(), encoding, n)?;
+        let path = random_store(dir.path(), encoding, n, None)?;
         let opened = RelationStore::open(&path)?;
         let reader = opened.reader()?;
         let read_rate = per_core(n, |i| {
@@ -222,6 +241,76 @@ fn main() -> anyhow::Result<()> {
                 "views_per_image": k, "per_core_views_per_s_grouped": grouped,
                 "per_core_views_per_s_each_view_decoded": ungrouped,
                 "cores_for_gpu_rate": gpu_rate / grouped, "gpu_views_per_s": gpu_rate})
+        );
+    }
+
+    // The loader end to end: 64 JPEGs (the photo shifted by a pixel each, so they differ) ×
+    // 4 views in an `ln1` store, micro-batches of 32, one core.
+    let jpeg_of = |i: usize| {
+        let shifted = image::imageops::crop_imm(&photo, i as u32 % 50, 0, 550, 400).to_image();
+        let small =
+            image::imageops::resize(&shifted, 500, 333, image::imageops::FilterType::Triangle);
+        let mut bytes = Vec::new();
+        JpegEncoder::new_with_quality(&mut bytes, 90)
+            .encode_image(&small)
+            .expect("encodes");
+        bytes
+    };
+    let folder = dir.path().join("images");
+    std::fs::create_dir_all(&folder)?;
+    let images: Vec<Vec<u8>> = (0..64).map(jpeg_of).collect();
+    for (i, bytes) in images.iter().enumerate() {
+        std::fs::write(folder.join(format!("img{i}.jpg")), bytes)?;
+    }
+    let store = random_store(
+        &dir.path().join("e2e"),
+        Encoding::Ln1,
+        4 * images.len(),
+        Some(&|i| images[i].clone()),
+    )?;
+    let opened = RelationStore::open(&store)?;
+    let reader = opened.reader()?;
+    let rows = RowSet::from_store(&reader, &store)?;
+    let catalog = ImageCatalog::from_store(&reader, &rows, &folder)?;
+    let (rows, catalog) = (Arc::new(rows), Arc::new(catalog));
+    let reader = Arc::new(reader);
+    for group_views in [false, true] {
+        let batch = 32;
+        let spec = LoaderSpec {
+            rows: rows.clone(),
+            catalog: catalog.clone(),
+            plan: BatchPlan {
+                rows: rows.len(),
+                batch,
+                accum: 1,
+                seed: 0,
+                group_views,
+            },
+            student: RenderSpec {
+                size,
+                normalization: Normalization::IMAGENET,
+                jitter_seed: Some(0),
+            },
+            feed: TargetFeed::Store(reader.clone()),
+            first: 0,
+            count: 0,
+            prefetch: 0,
+        };
+        let order = spec.plan.epoch_order(&rows, 0);
+        let micro = (rows.len() / batch) as u64;
+        let batches = per_core(micro as usize, |i| {
+            load_micro_batch(&spec, i as u64 % micro, &order).expect("loads");
+        });
+        let views_per_s = batches * batch as f64;
+        eprintln!(
+            "loader end to end, one core, ln1, 4 views/img, batch {batch}, group_views \
+             {group_views}: {views_per_s:.0} views/s"
+        );
+        println!(
+            "{}",
+            serde_json::json!({"bench": "loader", "stage": "end_to_end", "encoding": "ln1",
+                "views_per_image": 4, "batch": batch, "group_views": group_views,
+                "per_core_views_per_s": views_per_s})
         );
     }
     Ok(())
