@@ -25,18 +25,21 @@
 //! Defaults: 4 views of each of the 10 cached photos, batch 8, ONNX Runtime's default threads.
 //! Needs the asset cache (scripts/setup.sh).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ndarray::{Array4, Axis};
 
+#[path = "common/assets.rs"]
+mod assets;
 #[path = "common/fidelity.rs"]
 mod fidelity;
+use assets::{arg, cache, dinov2_teacher};
 use fidelity::Fidelity;
 
 use tinymim_extract::pipeline::{extract, ExtractOptions};
 use tinymim_extract::source::Shard;
-use tinymim_extract::teacher::{Teacher, TeacherConfig, TeacherOptions};
+use tinymim_extract::teacher::{Teacher, TeacherOptions};
 use tinymim_formats::images::walk;
 use tinymim_formats::view::sample_views;
 use tinymim_formats::{relation_maps, Encoding, RelationStore, SourceImage, ViewRecipe};
@@ -80,32 +83,15 @@ fn fidelity(teacher: &mut Teacher, store: &Path, photos: &Path) -> anyhow::Resul
     Ok(fidelity)
 }
 
-fn cache() -> PathBuf {
-    std::env::var_os("TINYMIM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/tinymim"))
-}
-
-fn arg(i: usize, default: usize) -> usize {
-    std::env::args()
-        .nth(i)
-        .map(|a| a.parse().expect("a positive integer argument"))
-        .unwrap_or(default)
-}
-
 fn main() -> anyhow::Result<()> {
     let views = arg(1, 4) as u32;
     let batch = arg(2, 8);
     let threads = std::env::args().nth(3).map(|t| t.parse()).transpose()?;
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let onnx = cache().join("teachers/vit_s_focus.onnx");
-    let config = TeacherConfig::load(&workspace.join("configs/teachers/dinov2-small.toml"))?;
     let photos = cache().join("photos");
-    let options = TeacherOptions {
+    let mut teacher = dinov2_teacher(&TeacherOptions {
         threads,
         ..Default::default()
-    };
-    let mut teacher = Teacher::load(&onnx, Some(&config), &options)?;
+    })?;
     let g = teacher.geometry();
 
     // Teacher only: every view rendered first, then timed batches through the session.

@@ -16,16 +16,17 @@
 //! Defaults: 4 views of each of the 10 cached photos, batch 8. Needs the asset cache
 //! (scripts/setup.sh).
 
-use std::path::PathBuf;
-
 use half::f16;
 use ndarray::{s, Array2, ArrayView2, Axis};
 
+#[path = "common/assets.rs"]
+mod assets;
 #[path = "common/fidelity.rs"]
 mod fidelity;
+use assets::{arg, cache, dinov2_teacher};
 use fidelity::Fidelity;
 
-use tinymim_extract::teacher::{Teacher, TeacherConfig, TeacherOptions};
+use tinymim_extract::teacher::TeacherOptions;
 use tinymim_formats::images::walk;
 use tinymim_formats::quant::{dequantize, quantize, Int8Layout};
 use tinymim_formats::view::sample_views;
@@ -74,26 +75,10 @@ impl Storage {
     }
 }
 
-fn cache() -> PathBuf {
-    std::env::var_os("TINYMIM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/tinymim"))
-}
-
-fn arg(i: usize, default: usize) -> usize {
-    std::env::args()
-        .nth(i)
-        .map(|a| a.parse().expect("a positive integer argument"))
-        .unwrap_or(default)
-}
-
 fn main() -> anyhow::Result<()> {
     let views = arg(1, 4) as u32;
     let batch = arg(2, 8);
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let onnx = cache().join("teachers/vit_s_focus.onnx");
-    let config = TeacherConfig::load(&workspace.join("configs/teachers/dinov2-small.toml"))?;
-    let mut teacher = Teacher::load(&onnx, Some(&config), &TeacherOptions::default())?;
+    let mut teacher = dinov2_teacher(&TeacherOptions::default())?;
     let g = teacher.geometry();
     let params = teacher
         .qkv_params()

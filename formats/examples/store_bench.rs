@@ -8,23 +8,17 @@
 use std::time::Instant;
 
 use half::f16;
+use tinymim_formats::vit::{ArchFile, ArchOverrides, VitArch};
 use tinymim_formats::{
-    content_key, decode_maps, Encoding, Hash32, ImageEntry, Normalization, QkvParams,
-    RelationStore, RowMeta, StoreHeader, TeacherGeometry, View, ViewRecipe,
+    content_key, decode_maps, Encoding, Hash32, ImageEntry, QkvParams, RelationStore, RowMeta,
+    StoreHeader, View, ViewRecipe,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rows: u64 = std::env::args().nth(1).map_or(Ok(48), |a| a.parse())?;
-    let geometry = TeacherGeometry {
-        arch: "mae-vit-large".into(),
-        tokens: 197,
-        heads: 16,
-        dim: 1024,
-        target_block: 18,
-        patch: 16,
-        image_size: 224,
-        normalization: Normalization::IMAGENET,
-    };
+    // ViT-L/16 block 18 at 224 px: the built-in preset's geometry.
+    let preset = ArchFile::preset("mae-vit-large")?;
+    let geometry = VitArch::resolve(&ArchOverrides::default(), &preset)?.geometry();
     let dim = geometry.dim as usize;
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut uniform = move || {

@@ -27,6 +27,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
 use tinymim_formats::view::sample_views;
+use tinymim_formats::vit::{ArchFile, ArchOverrides, VitArch};
 use tinymim_formats::{
     content_key, Encoding, Hash32, ImageEntry, Normalization, QkvParams, RelationStore, RowMeta,
     SourceImage, StoreHeader, TeacherGeometry, ViewRecipe,
@@ -38,18 +39,12 @@ use tinymim_train::data::{
 };
 use tinymim_train::jitter::{jitter_and_normalize, ColorJitter};
 
-/// ViT-L/16 block 18 at 224 px.
+/// ViT-L/16 block 18 at 224 px: the built-in `mae-vit-large` preset's geometry.
 fn vit_l() -> TeacherGeometry {
-    TeacherGeometry {
-        arch: "mae-vit-large".into(),
-        tokens: 197,
-        heads: 16,
-        dim: 1024,
-        target_block: 18,
-        patch: 16,
-        image_size: 224,
-        normalization: Normalization::IMAGENET,
-    }
+    let preset = ArchFile::preset("mae-vit-large").expect("a built-in preset");
+    VitArch::resolve(&ArchOverrides::default(), &preset)
+        .expect("a consistent preset")
+        .geometry()
 }
 
 /// Items per second of `f` run `n` times on one core (a one-thread rayon pool: the renderer
