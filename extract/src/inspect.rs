@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use serde::Serialize;
-use tinymim_formats::{Encoding, RelationStore, StoreError, StoreHeader};
+use tinymim_formats::{RelationStore, StoreError, StoreHeader};
 
 /// One segment as reported.
 #[derive(Clone, Debug, Serialize)]
@@ -52,7 +52,7 @@ pub fn inspect(path: &Path) -> Result<StoreReport, StoreError> {
     Ok(StoreReport {
         path: path.display().to_string(),
         rows: segments.iter().map(|s| s.rows).sum(),
-        raw_bytes_per_row: 2 * header.encoding.row_len(&header.geometry) as u64,
+        raw_bytes_per_row: header.encoding.row_bytes(&header.geometry),
         header,
         segments,
         disk_bytes: store.disk_bytes()?,
@@ -70,12 +70,18 @@ impl std::fmt::Display for StoreReport {
             "geometry   N = {}, H = {}, D = {}, block {}, patch {}, {} px",
             g.tokens, g.heads, g.dim, g.target_block, g.patch, g.image_size
         )?;
-        let shape: Vec<String> = h.encoding.row_shape(g).iter().map(u64::to_string).collect();
+        let shape = |s: Vec<u64>| s.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+        let scales = h
+            .encoding
+            .scale_shape(g)
+            .map(|s| format!(" + scale [{}] float16", shape(s)))
+            .unwrap_or_default();
         writeln!(
             f,
-            "encoding   {} [{}] float16",
+            "encoding   {} [{}] {}{scales}",
             h.encoding,
-            shape.join(", ")
+            shape(h.encoding.row_shape(g)),
+            h.encoding.dtype()
         )?;
         writeln!(
             f,
@@ -106,7 +112,7 @@ impl std::fmt::Display for StoreReport {
             let state = if s.closed { "committed" } else { "open" };
             writeln!(f, "  segment {}  {} rows  {state}", s.id, s.rows)?;
         }
-        if h.encoding == Encoding::Ln1 {
+        if h.encoding.stores_ln1() {
             writeln!(
                 f,
                 "qkv        the target block's qkv weight and bias are stored"

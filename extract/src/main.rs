@@ -80,10 +80,11 @@ struct RunArgs {
     #[arg(long, value_name = "K", required = true, value_parser = clap::value_parser!(u32).range(1..))]
     views: Option<u32>,
     /// Encoding of the stored targets: maps = R_QK and R_VV [2, H, N, N]; qkv = q, k, v
-    /// [3, H, N, d]; ln1 = the target block's normalised input [N, D] (plus its qkv weights once)
-    /// [default: the store's own encoding when --out exists; else ln1 where the teacher has its
-    /// ln1 tensor and qkv weights (every exported teacher does): the most compact encoding and
-    /// the most faithful one in BENCHMARKS.md; else qkv].
+    /// [3, H, N, d]; ln1 = the target block's normalised input [N, D] (plus its qkv weights once);
+    /// ln1-int8 = ln1 in 8 bits with a float16 scale per channel, half of ln1's bytes at a KL of
+    /// ~2e-5 nats per row (BENCHMARKS.md) [default: the store's own encoding when --out exists;
+    /// else ln1 where the teacher has its ln1 tensor and qkv weights (every exported teacher
+    /// does): the most faithful encoding in BENCHMARKS.md; else qkv].
     #[arg(long, value_parser = encoding_parser())]
     encoding: Option<Encoding>,
     /// The relation store to create or add to.
@@ -135,7 +136,7 @@ struct VerifyArgs {
     sample: usize,
 }
 
-/// `maps`, `qkv` or `ln1`, listed in `--help`.
+/// `maps`, `qkv`, `ln1` or `ln1-int8`, listed in `--help`.
 fn encoding_parser() -> impl clap::builder::TypedValueParser<Value = Encoding> {
     let names = Encoding::ALL.map(Encoding::name);
     clap::builder::TypedValueParser::map(clap::builder::PossibleValuesParser::new(names), |name| {

@@ -177,9 +177,10 @@ pub fn extract(teacher: &mut Teacher, options: &ExtractOptions) -> Result<Summar
             ..ViewRecipe::default()
         },
     };
-    let qkv = match options.encoding {
-        Encoding::Ln1 => teacher.qkv_params(),
-        _ => None,
+    let qkv = if options.encoding.stores_ln1() {
+        teacher.qkv_params()
+    } else {
+        None
     };
     let store = RelationStore::create_or_open(&options.out, &header, qkv).map_err(|source| {
         ExtractError::Open {

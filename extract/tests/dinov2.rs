@@ -4,7 +4,6 @@
 
 mod common;
 
-use half::f16;
 use ndarray::{s, Array2, Array4, ArrayView2, ArrayView3, Axis, Ix4};
 use tinymim_extract::encode::encode_batch;
 use tinymim_extract::teacher::{
@@ -12,7 +11,7 @@ use tinymim_extract::teacher::{
 };
 use tinymim_formats::view::sample_view;
 use tinymim_formats::{
-    decode_maps, relation_maps, split_heads_qkv, Encoding, SourceImage, ViewRecipe,
+    decode_maps, relation_maps, split_heads_qkv, Encoding, SourceImage, Targets, ViewRecipe,
 };
 
 /// The model's own softmax over q·kᵀ of the last layer.
@@ -81,6 +80,9 @@ fn maps_from_qkv_equal_the_models_own_attention_probabilities() {
     let rows = encode_batch(Encoding::Maps, &batch).unwrap();
     let n = g.tokens as usize;
     for (i, stored_row) in rows.iter().enumerate() {
+        let Targets::Half(stored_row) = stored_row else {
+            panic!("maps rows are float16")
+        };
         let maps = relation_maps(view3(&batch.q, i), view3(&batch.k, i), view3(&batch.v, i));
         let r_qk = maps.index_axis(Axis(0), 0);
         let reference = attention.index_axis(Axis(0), i);
@@ -164,24 +166,38 @@ fn softmax_bound(
 }
 
 #[test]
-fn the_three_encodings_decode_to_the_same_maps_within_f16_rounding() {
+fn every_encoding_decodes_to_the_same_maps_within_its_rounding() {
     let (teacher, batch) = run_two_views(&[]);
     let g = teacher.geometry();
     let params = teacher.qkv_params().unwrap();
     let (weight, _) = params.views(g.dim as usize).unwrap();
     let (h, d) = (g.heads as usize, g.head_dim() as usize);
-    let encoded: Vec<(Encoding, Vec<Vec<f16>>)> = Encoding::ALL
+    let encoded: Vec<(Encoding, Vec<Targets>)> = Encoding::ALL
         .into_iter()
         .map(|e| (e, encode_batch(e, &batch).unwrap()))
         .collect();
     for i in 0..2 {
         let (q, k, v) = (view3(&batch.q, i), view3(&batch.k, i), view3(&batch.v, i));
         let reference = relation_maps(q, k, v);
-        // ln1 rounded to f16 moves q/k/v channel c by at most Σ_j |W_cj| · err(ln1_j).
+        // An error in ln1 moves q/k/v channel c by at most Σ_j |W_cj| · err(ln1_j).
         let ln1 = batch.ln1.as_ref().unwrap().index_axis(Axis(0), i);
         // Plus float32 accumulation over D = 384 terms (≤ 384·2⁻²⁴ ≈ 2.3e-5 relative).
-        let ln1_err = f16_error(ln1) + ln1.mapv(|x| 3e-5 * x.abs());
-        let qkv_err = ln1_err.dot(&weight.mapv(f32::abs).t()); // [N, 3D]
+        let accumulation = ln1.mapv(|x| 3e-5 * x.abs());
+        let abs_weight_t = weight.mapv(f32::abs).reversed_axes();
+        // float16: one rounding of each value.
+        let f16_qkv_err = (f16_error(ln1) + &accumulation).dot(&abs_weight_t); // [N, 3D]
+                                                                               // int8: at most half a step of the value's channel scale (a clamped maximum is closer).
+        let int8_qkv_err = {
+            let Some((_, Targets::Int8 { scales, .. })) = encoded
+                .iter()
+                .find(|(e, _)| *e == Encoding::Ln1Int8)
+                .map(|(e, rows)| (e, &rows[i]))
+            else {
+                panic!("ln1-int8 rows are int8")
+            };
+            let half_step = Array2::from_shape_fn(ln1.dim(), |(_, c)| 0.5 * scales[c].to_f32());
+            (half_step + &accumulation).dot(&abs_weight_t)
+        };
         for (encoding, rows) in &encoded {
             let decoded = decode_maps(*encoding, &rows[i], &g, Some(params)).unwrap();
             assert_eq!(decoded.shape(), reference.shape());
@@ -194,7 +210,11 @@ fn the_three_encodings_decode_to_the_same_maps_within_f16_rounding() {
                     let bound = match encoding {
                         Encoding::Maps => p.mapv(|x| F16_U * x + F16_SUB + F32_SLACK),
                         Encoding::Qkv => softmax_bound(a, b, &f16_error(a), &f16_error(b), p),
-                        Encoding::Ln1 => {
+                        Encoding::Ln1 | Encoding::Ln1Int8 => {
+                            let qkv_err = match encoding {
+                                Encoding::Ln1 => &f16_qkv_err,
+                                _ => &int8_qkv_err,
+                            };
                             let cols = |p: usize| {
                                 let start = p * g.dim as usize + head * d;
                                 qkv_err.slice(s![.., start..start + d]).to_owned()

@@ -8,10 +8,11 @@
 use std::time::Instant;
 
 use half::f16;
+use tinymim_formats::quant::ln1_int8_row;
 use tinymim_formats::vit::{ArchFile, ArchOverrides, VitArch};
 use tinymim_formats::{
     content_key, decode_maps, Encoding, Hash32, ImageEntry, QkvParams, RelationStore, RowMeta,
-    StoreHeader, View, ViewRecipe,
+    StoreHeader, Targets, View, ViewRecipe,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -48,10 +49,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             2.0
         };
-        let targets: Vec<f16> = (0..row_len)
-            .map(|_| f16::from_f32(scale * uniform()))
-            .collect();
-        let row_mb = 2.0 * row_len as f64 / 1e6;
+        let values: Vec<f32> = (0..row_len).map(|_| scale * uniform()).collect();
+        let targets = match encoding {
+            Encoding::Ln1Int8 => {
+                let (n, d) = (geometry.tokens as usize, geometry.dim as usize);
+                ln1_int8_row(ndarray::ArrayView2::from_shape((n, d), &values)?)
+            }
+            _ => Targets::Half(values.into_iter().map(f16::from_f32).collect()),
+        };
+        let row_mb = encoding.row_bytes(&geometry) as f64 / 1e6;
 
         let start = Instant::now();
         let mut writer = store.begin_segment(rows)?;

@@ -11,7 +11,8 @@
 //! - [`hash`]: image hashes, teacher fingerprints and content keys (blake3);
 //! - [`teacher`]: the teacher's geometry (tokens, heads, width, target block, …) and the ONNX
 //!   teacher contract;
-//! - [`encoding`]: the three encodings of relation targets (`maps`, `qkv`, `ln1`);
+//! - [`encoding`]: the four encodings of relation targets (`maps`, `qkv`, `ln1`, `ln1-int8`)
+//!   and [`Targets`], stored rows in their element types;
 //! - [`quant`]: 8-bit quantisation of `ln1` rows (the layouts an int8 encoding can take);
 //! - [`relation`]: relation maps softmax(q·kᵀ/√d), softmax(v·vᵀ/√d) computed on the CPU;
 //! - [`store`]: the content-addressed Zarr v3 relation store (`relations.zarr`);
@@ -31,7 +32,7 @@ pub mod view;
 pub mod vit;
 
 pub use device::DeviceSpec;
-pub use encoding::Encoding;
+pub use encoding::{Encoding, Targets};
 pub use hash::{content_key, Hash32};
 pub use relation::{decode_maps, relation_maps, split_heads_qkv};
 pub use render::{render_view, Normalization, RenderError, SourceImage};

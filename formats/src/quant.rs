@@ -14,6 +14,8 @@
 use half::f16;
 use ndarray::{Array2, ArrayView2, Axis};
 
+use crate::encoding::Targets;
+
 /// Where the scales of an int8 `ln1` row live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Int8Layout {
@@ -119,6 +121,16 @@ pub fn quantize(x: ArrayView2<f32>, layout: Int8Layout) -> Int8Row {
         values,
         token_scales,
         channel_scales,
+    }
+}
+
+/// One row of the `ln1-int8` encoding: `x` `[N, D]` quantised with one scale per channel (the
+/// layout BENCHMARKS.md measured most faithful: 2.2e-5 nats per row on real targets).
+pub fn ln1_int8_row(x: ArrayView2<f32>) -> Targets {
+    let row = quantize(x, Int8Layout::PerChannel);
+    Targets::Int8 {
+        values: row.values,
+        scales: row.channel_scales,
     }
 }
 

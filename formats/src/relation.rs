@@ -4,11 +4,10 @@
 //! are the reference the other phases are checked against, and they decode any stored
 //! [`Encoding`] back to relation maps.
 
-use half::f16;
 use ndarray::{s, Array2, Array4, ArrayView1, ArrayView2, ArrayView3, ArrayView4, Axis};
 use rayon::prelude::*;
 
-use crate::encoding::Encoding;
+use crate::encoding::{Encoding, Targets};
 use crate::store::types::{check_geometry, check_len};
 use crate::store::{QkvParams, StoreError};
 use crate::teacher::TeacherGeometry;
@@ -92,22 +91,32 @@ pub fn split_heads_qkv(
 
 /// Decodes one row's stored targets in any encoding to relation maps `[2, H, N, N]` (f32).
 ///
-/// `qkv` holds the target block's qkv weight and bias and is required for [`Encoding::Ln1`].
-/// A wrong target length or missing/misshapen parameters is a [`StoreError`].
+/// `qkv` holds the target block's qkv weight and bias and is required for the encodings of
+/// LN1(x) (`ln1`, `ln1-int8`). Targets of another length or element type than the encoding's,
+/// or missing/misshapen parameters, are a [`StoreError`].
 pub fn decode_maps(
     encoding: Encoding,
-    targets: &[f16],
+    targets: &Targets,
     geometry: &TeacherGeometry,
     qkv: Option<&QkvParams>,
 ) -> Result<Array4<f32>, StoreError> {
     check_geometry(geometry)?;
-    let expected = encoding.row_len(geometry);
+    if targets.dtype() != encoding.dtype() {
+        return Err(StoreError::Mismatch {
+            what: format!("the element type of one `{encoding}` row"),
+            store: encoding.dtype().to_string(),
+            writer: targets.dtype().to_string(),
+        });
+    }
+    let what = format!("targets of one `{encoding}` row");
+    let (values, scales) = targets.lens();
+    check_len(&what, encoding.row_len(geometry), values)?;
     check_len(
-        &format!("targets of one `{encoding}` row"),
-        expected,
-        targets.len(),
+        &format!("{what} (scales)"),
+        encoding.scale_len(geometry),
+        scales,
     )?;
-    let values: Vec<f32> = targets.iter().map(|x| x.to_f32()).collect();
+    let values = targets.to_f32(geometry.dim as usize);
     let shape: Vec<usize> = encoding
         .row_shape(geometry)
         .iter()
@@ -124,7 +133,7 @@ pub fn decode_maps(
                 .expect("length checked above");
             Ok(maps_of_split_qkv(qkv))
         }
-        Encoding::Ln1 => {
+        Encoding::Ln1 | Encoding::Ln1Int8 => {
             let params = qkv.ok_or(StoreError::MissingQkvParams)?;
             let (tokens, dim) = (shape[0], shape[1]);
             let (weight, bias) = params.views(dim)?;

@@ -2,7 +2,9 @@
 
 Used by formats/tests/zarr_python.rs to check that a store written by zarrs is an ordinary
 Zarr v3 hierarchy: only rows below each segment's `committed_rows` watermark and image-table
-entries below `committed_images` are read. Targets are printed as their float16 bit patterns.
+entries below `committed_images` are read. Targets are printed as their bit patterns (float16,
+or int8 as bytes); an 8-bit store's scales too, and the values they stand for
+(value · scale[row, channel]) as float32.
 
 Usage: python read_store.py STORE
 """
@@ -33,8 +35,18 @@ def main(path):
         rows, images = state["committed_rows"], state["committed_images"]
         targets = segment[record["encoding"]][:rows]
         table = segment["images"]
+        entry = {}
+        if targets.dtype == np.int8:
+            scale = segment["scale"][:rows]
+            entry["scale_bits"] = scale.view(np.uint16).ravel().tolist()
+            decoded = targets.astype(np.float32) * scale.astype(np.float32)[:, None, :]
+            entry["decoded"] = decoded.ravel().tolist()
+            bits = targets.view(np.uint8)
+        else:
+            bits = targets.view(np.uint16)
         out["segments"].append(
-            {
+            entry
+            | {
                 "id": segment_id,
                 "committed_rows": rows,
                 "closed": state["closed"],
@@ -43,7 +55,7 @@ def main(path):
                 "view": segment["view"][:rows].tolist(),
                 "targets_dtype": str(targets.dtype),
                 "targets_shape": list(targets.shape),
-                "targets_bits": targets.view(np.uint16).ravel().tolist(),
+                "targets_bits": bits.ravel().tolist(),
                 "images": {
                     "hash": hexes(table["hash"][:images]),
                     "path": [str(p) for p in table["path"][:images]],

@@ -7,7 +7,8 @@ use half::f16;
 use ndarray::{Array1, Array2, Array3, Array4};
 use store_fixture::{geometry, Rng};
 use tinymim_formats::{
-    decode_maps, relation_maps, split_heads_qkv, Encoding, QkvParams, StoreError, TeacherGeometry,
+    decode_maps, quant::ln1_int8_row, relation_maps, split_heads_qkv, Encoding, QkvParams,
+    StoreError, Targets, TeacherGeometry,
 };
 
 /// f64 reference of one view: the block's normalised input, its qkv per head and its maps.
@@ -133,8 +134,15 @@ fn flatten4(v: &[Vec<Vec<Vec<f64>>>]) -> Vec<f64> {
     v.iter().flatten().flatten().flatten().copied().collect()
 }
 
-fn to_f16(v: &[f64]) -> Vec<f16> {
-    v.iter().map(|&x| f16::from_f64(x)).collect()
+fn to_f16(v: &[f64]) -> Targets {
+    Targets::Half(v.iter().map(|&x| f16::from_f64(x)).collect())
+}
+
+/// The `ln1-int8` row of an f64 LN1 output `[N][D]`.
+fn to_int8(ln1: &[Vec<f64>]) -> Targets {
+    let (n, d) = (ln1.len(), ln1[0].len());
+    let x = Array2::from_shape_fn((n, d), |(i, c)| ln1[i][c] as f32);
+    ln1_int8_row(x.view())
 }
 
 fn max_abs_diff(a: &Array4<f32>, b: &[f64]) -> f64 {
@@ -221,10 +229,11 @@ fn split_heads_qkv_matches_the_f64_reference() {
     assert!(err < 1e-5, "max abs error {err:e}");
 }
 
-/// Decoding each encoding of the same view gives the f64 reference maps within float16
-/// rounding of the stored values. Tolerances (max abs error of a probability):
+/// Decoding each encoding of the same view gives the f64 reference maps within the rounding of
+/// the stored values. Tolerances (max abs error of a probability):
 /// `maps` 2.5e-4 (half an f16 ulp just below 1); `qkv` and `ln1` 1e-3 (f16 rounding of
-/// q, k, v or X̂ moves logits of size ~3 by ~1e-3 relative; measured up to 2.9e-4 here).
+/// q, k, v or X̂ moves logits of size ~3 by ~1e-3 relative; measured up to 2.9e-4 here);
+/// `ln1-int8` 2e-2 (half a step of 1/254 of a channel's range).
 #[test]
 fn every_encoding_decodes_to_the_reference_maps_within_float16_rounding() {
     for (g, seed) in [(geometry_with(5, 2, 8), 3), (geometry_with(50, 4, 64), 4)] {
@@ -238,6 +247,7 @@ fn every_encoding_decodes_to_the_reference_maps_within_float16_rounding() {
                 to_f16(&r.ln1.iter().flatten().copied().collect::<Vec<_>>()),
                 1e-3,
             ),
+            (Encoding::Ln1Int8, to_int8(&r.ln1), 2e-2),
         ] {
             let maps = decode_maps(encoding, &stored, &g, Some(&params)).unwrap();
             let (h, n) = (g.heads as usize, g.tokens as usize);
@@ -255,14 +265,14 @@ fn every_encoding_decodes_to_the_reference_maps_within_float16_rounding() {
 #[test]
 fn decoding_refuses_bad_input_with_named_errors() {
     let g = geometry();
-    let too_short = vec![f16::ZERO; Encoding::Qkv.row_len(&g) - 1];
+    let too_short = Targets::Half(vec![f16::ZERO; Encoding::Qkv.row_len(&g) - 1]);
     let err = decode_maps(Encoding::Qkv, &too_short, &g, None).unwrap_err();
     assert!(
         matches!(&err, StoreError::Length { what, expected: 120, got: 119 } if what.contains("qkv")),
         "{err}"
     );
 
-    let ln1 = vec![f16::ZERO; Encoding::Ln1.row_len(&g)];
+    let ln1 = Targets::Half(vec![f16::ZERO; Encoding::Ln1.row_len(&g)]);
     let err = decode_maps(Encoding::Ln1, &ln1, &g, None).unwrap_err();
     assert!(matches!(err, StoreError::MissingQkvParams), "{err}");
 
@@ -273,7 +283,24 @@ fn decoding_refuses_bad_input_with_named_errors() {
     let err = decode_maps(Encoding::Ln1, &ln1, &g, Some(&bad)).unwrap_err();
     assert!(err.to_string().contains("qkv weight"), "{err}");
 
-    let err = decode_maps(Encoding::Maps, &[], &geometry_with(5, 3, 8), None).unwrap_err();
+    // float16 values where the encoding stores int8, and int8 values without their scales.
+    let err = decode_maps(Encoding::Ln1Int8, &ln1, &g, Some(&qkv_params_of(&g))).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Mismatch { .. }) && err.to_string().contains("int8"),
+        "{err}"
+    );
+    let unscaled = Targets::Int8 {
+        values: vec![0; Encoding::Ln1Int8.row_len(&g)],
+        scales: Vec::new(),
+    };
+    let err = decode_maps(Encoding::Ln1Int8, &unscaled, &g, Some(&qkv_params_of(&g))).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Length { what, expected: 8, got: 0 } if what.contains("scales")),
+        "{err}"
+    );
+
+    let empty = Targets::Half(Vec::new());
+    let err = decode_maps(Encoding::Maps, &empty, &geometry_with(5, 3, 8), None).unwrap_err();
     assert!(
         matches!(
             err,
@@ -285,4 +312,13 @@ fn decoding_refuses_bad_input_with_named_errors() {
         ),
         "{err}"
     );
+}
+
+/// Zero qkv parameters of the right shape for `g`.
+fn qkv_params_of(g: &TeacherGeometry) -> QkvParams {
+    let d = g.dim as usize;
+    QkvParams {
+        weight: vec![0.0; 3 * d * d],
+        bias: vec![0.0; 3 * d],
+    }
 }

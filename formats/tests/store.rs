@@ -6,26 +6,21 @@ mod store_fixture;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use half::f16;
-use store_fixture::{geometry, header, image, qkv_params, rows};
+use store_fixture::{bits, geometry, header, image, qkv_params, rows};
 use tinymim_formats::{
     Encoding, Hash32, ImageEntry, QkvParams, RelationStore, RowMeta, SegmentWriter, StoreError,
-    StoreHeader, VerifyProblem,
+    StoreHeader, Targets, VerifyProblem,
 };
 
-fn bits(values: &[f16]) -> Vec<u16> {
-    values.iter().map(|v| v.to_bits()).collect()
-}
-
 fn params_for(encoding: Encoding) -> Option<QkvParams> {
-    (encoding == Encoding::Ln1).then(|| qkv_params(7))
+    encoding.stores_ln1().then(|| qkv_params(7))
 }
 
 fn create(path: &Path, header: &StoreHeader) -> RelationStore {
     RelationStore::create_or_open(path, header, params_for(header.encoding).as_ref()).unwrap()
 }
 
-fn push_all(writer: &mut SegmentWriter, rows: &[(ImageEntry, RowMeta, Vec<f16>)]) {
+fn push_all(writer: &mut SegmentWriter, rows: &[(ImageEntry, RowMeta, Targets)]) {
     for (image, meta, targets) in rows {
         writer.add_image(image.clone()).unwrap();
         writer.push(*meta, targets).unwrap();
@@ -65,7 +60,7 @@ fn what_is_pushed_is_read_back_bit_for_bit_in_every_encoding() {
             let (h, n) = (geometry().heads as usize, geometry().tokens as usize);
             assert_eq!(maps.shape(), &[2, h, n, n]);
             if encoding == Encoding::Maps {
-                let stored: Vec<f32> = targets.iter().map(|x| x.to_f32()).collect();
+                let stored = targets.to_f32(geometry().dim as usize);
                 assert_eq!(maps.as_slice().unwrap(), stored.as_slice());
             } else {
                 for row_sum in maps.sum_axis(ndarray::Axis(3)) {
@@ -311,7 +306,12 @@ fn pushes_that_break_the_contract_are_refused() {
     assert!(matches!(err, StoreError::UnknownImage { .. }), "{err}");
     writer.add_image(image).unwrap();
 
-    let err = writer.push(meta, &targets[1..]).unwrap_err();
+    let Targets::Half(values) = &targets else {
+        panic!("qkv rows are float16")
+    };
+    let err = writer
+        .push(meta, &Targets::Half(values[1..].to_vec()))
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -358,7 +358,7 @@ fn two_segments_written_from_two_threads_are_both_readable() {
             });
         }
     });
-    let expected: HashMap<Hash32, &Vec<f16>> = batches
+    let expected: HashMap<Hash32, &Targets> = batches
         .iter()
         .flatten()
         .map(|(_, meta, targets)| (meta.key, targets))
@@ -371,8 +371,23 @@ fn two_segments_written_from_two_threads_are_both_readable() {
     }
 }
 
+/// Flips a byte of the inner chunk stored first in a shard file of `rows` inner chunks of one
+/// row each; returns that chunk's row within the shard.
+fn flip_a_byte_of_the_first_inner_chunk(shard: &Path, rows: usize) -> u64 {
+    let mut bytes = std::fs::read(shard).unwrap();
+    // The shard index (Zarr sharding spec, index at the end): rows × (offset, size) u64 LE,
+    // then a crc32c.
+    let index = &bytes[bytes.len() - 4 - rows * 16..bytes.len() - 4];
+    let first = (0..rows)
+        .find(|&i| index[16 * i..16 * i + 8] == [0; 8])
+        .expect("one inner chunk starts the shard");
+    bytes[10] ^= 0x01;
+    std::fs::write(shard, bytes).unwrap();
+    first as u64
+}
+
 /// A committed maps store with 8 rows in shards of 4; returns the segment id.
-fn committed_store(path: &Path) -> (String, Vec<(ImageEntry, RowMeta, Vec<f16>)>) {
+fn committed_store(path: &Path) -> (String, Vec<(ImageEntry, RowMeta, Targets)>) {
     let header = header(Encoding::Maps);
     let store = create(path, &header);
     let written = rows(&header, 0, 8);
@@ -389,16 +404,7 @@ fn verify_finds_a_flipped_byte_in_a_shard() {
     let (id, written) = committed_store(dir.path());
     // Second shard (rows 4..8) of the targets.
     let shard = dir.path().join(format!("segments/{id}/maps/c/1/0/0/0/0"));
-    let mut bytes = std::fs::read(&shard).unwrap();
-    // The shard index (Zarr sharding spec, index at the end): 4 × (offset, size) u64 LE, then
-    // a crc32c. Flip a byte of the inner chunk stored first in the file.
-    let index = &bytes[bytes.len() - 4 - 4 * 16..bytes.len() - 4];
-    let first = (0..4)
-        .find(|&i| index[16 * i..16 * i + 8] == [0; 8])
-        .expect("one inner chunk starts the shard");
-    let bad_row = 4 + first as u64;
-    bytes[10] ^= 0x01;
-    std::fs::write(&shard, bytes).unwrap();
+    let bad_row = 4 + flip_a_byte_of_the_first_inner_chunk(&shard, 4);
 
     let reader = RelationStore::open(dir.path()).unwrap().reader().unwrap();
     for (i, (_, _, targets)) in written.iter().enumerate() {
@@ -541,4 +547,85 @@ fn verify_finds_a_corrupt_shard_index() {
             "{problem}"
         );
     }
+}
+
+#[test]
+fn an_int8_store_takes_int8_rows_with_their_scales_and_verifies_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = header(Encoding::Ln1Int8);
+    let store = create(dir.path(), &header);
+    let written = rows(&header, 0, 8);
+    let mut writer = store.begin_segment_with_shard_rows(8, 4).unwrap();
+    let (image, meta, targets) = &written[0];
+    writer.add_image(image.clone()).unwrap();
+    let half = Targets::Half(vec![
+        half::f16::ZERO;
+        Encoding::Ln1Int8.row_len(&geometry())
+    ]);
+    let err = writer.push(*meta, &half).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(err, StoreError::Mismatch { .. })
+            && message.contains("int8")
+            && message.contains("float16"),
+        "{message}"
+    );
+    let Targets::Int8 { values, scales } = targets else {
+        panic!("ln1-int8 rows are int8")
+    };
+    let short = Targets::Int8 {
+        values: values.clone(),
+        scales: scales[1..].to_vec(),
+    };
+    let err = writer.push(*meta, &short).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Length {
+                expected: 8,
+                got: 7,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    push_all(&mut writer, &written);
+    let id = writer.id().to_string();
+    writer.commit(serde_json::Value::Null).unwrap();
+    // On disk: the values as int8, the scales as float16 beside them.
+    for (array, dtype) in [("ln1-int8", "int8"), ("scale", "float16")] {
+        let meta =
+            std::fs::read_to_string(dir.path().join(format!("segments/{id}/{array}/zarr.json")))
+                .unwrap();
+        assert!(
+            meta.contains(&format!("\"data_type\": \"{dtype}\"")),
+            "{array}: {meta}"
+        );
+    }
+
+    let bad_row = flip_a_byte_of_the_first_inner_chunk(
+        &dir.path().join(format!("segments/{id}/scale/c/1/0")),
+        4,
+    ) + 4;
+    let reader = RelationStore::open(dir.path()).unwrap().reader().unwrap();
+    for (i, (_, _, targets)) in written.iter().enumerate() {
+        if i as u64 != bad_row {
+            assert_eq!(bits(&reader.targets(i).unwrap()), bits(targets), "row {i}");
+        }
+    }
+    let err = reader.targets(bad_row as usize).unwrap_err();
+    assert!(
+        err.to_string().contains(&format!("segments/{id}/scale")),
+        "{err}"
+    );
+    let report = reader.verify().unwrap();
+    let bad: Vec<u64> = report
+        .problems
+        .iter()
+        .map(|p| match p {
+            VerifyProblem::Unreadable { row, .. } => *row,
+            other => panic!("unexpected problem {other}"),
+        })
+        .collect();
+    assert_eq!(bad, vec![bad_row], "{:?}", report.problems);
 }

@@ -1,7 +1,7 @@
 //! zarr-python 3 reads a store written by zarrs: the test writes stores in every encoding
 //! (one committed segment, one cut short after a checkpoint), runs `read_store.py` with the
-//! cache's Python and compares keys, views, targets (bit for bit), image tables and qkv
-//! parameters with what was written.
+//! cache's Python and compares keys, views, targets (bit for bit; an 8-bit store's scales too,
+//! and the values they decode to), image tables and qkv parameters with what was written.
 
 mod store_fixture;
 
@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
-use store_fixture::{header, image, qkv_params, rows};
-use tinymim_formats::{Encoding, RelationStore};
+use store_fixture::{geometry, header, image, qkv_params, rows};
+use tinymim_formats::{Encoding, RelationStore, Targets};
 
 /// `<cache>/venv/bin/python`, the cache being `$TINYMIM_CACHE` or `<workspace>/.cache/tinymim`.
 fn cache_python() -> PathBuf {
@@ -47,7 +47,7 @@ fn zarr_python_reads_what_zarrs_wrote() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relations.zarr");
         let header = header(encoding);
-        let params = (encoding == Encoding::Ln1).then(|| qkv_params(3));
+        let params = encoding.stores_ln1().then(|| qkv_params(3));
         let store = RelationStore::create_or_open(&path, &header, params.as_ref()).unwrap();
 
         // Segment A: 7 rows in shards of 3 (the last one partly filled), committed.
@@ -85,7 +85,7 @@ fn zarr_python_reads_what_zarrs_wrote() {
         let record = &read["tinymim"];
         assert_eq!(record["format"], "tinymim.relations");
         assert_eq!(record["encoding"], encoding.name());
-        assert_eq!(record["dtype"], "float16");
+        assert_eq!(record["dtype"], encoding.dtype());
         assert_eq!(record["teacher"]["fingerprint"], header.teacher.to_hex());
         assert_eq!(record["teacher"]["geometry"]["tokens"], 5);
 
@@ -98,7 +98,7 @@ fn zarr_python_reads_what_zarrs_wrote() {
             let n = written.len();
             assert_eq!(segment["committed_rows"], n as u64, "{encoding}");
             assert_eq!(segment["closed"], closed);
-            assert_eq!(segment["targets_dtype"], "float16");
+            assert_eq!(segment["targets_dtype"], encoding.dtype());
             let mut shape = vec![n as u64];
             shape.extend(encoding.row_shape(&header.geometry));
             assert_eq!(segment["targets_shape"], serde_json::json!(shape));
@@ -114,15 +114,35 @@ fn zarr_python_reads_what_zarrs_wrote() {
                 })
                 .collect();
             assert_eq!(segment["view"], serde_json::json!(views));
-            let bits: Vec<u16> = written
-                .iter()
-                .flat_map(|(_, _, t)| t.iter().map(|x| x.to_bits()))
-                .collect();
+            let mut targets = encoding.no_targets();
+            for (_, _, t) in written {
+                targets.append(t);
+            }
+            let (bits, scale_bits): (Vec<u16>, Vec<u16>) = match &targets {
+                Targets::Half(values) => (values.iter().map(|x| x.to_bits()).collect(), vec![]),
+                Targets::Int8 { values, scales } => (
+                    values.iter().map(|&v| u16::from(v as u8)).collect(),
+                    scales.iter().map(|s| s.to_bits()).collect(),
+                ),
+            };
             assert_eq!(
                 segment["targets_bits"],
                 serde_json::json!(bits),
                 "{encoding}"
             );
+            if encoding == Encoding::Ln1Int8 {
+                assert_eq!(segment["scale_bits"], serde_json::json!(scale_bits));
+                // zarr-python's value · scale is exactly what the Rust side decodes.
+                let decoded: Vec<f64> = serde_json::from_value(segment["decoded"].clone()).unwrap();
+                let ours: Vec<f64> = targets
+                    .to_f32(geometry().dim as usize)
+                    .into_iter()
+                    .map(f64::from)
+                    .collect();
+                assert_eq!(decoded, ours);
+            } else {
+                assert!(segment.get("scale_bits").is_none(), "{encoding}");
+            }
         }
 
         // Image tables: A holds images 0..4, B (checkpointed with 4 rows pushed) 100..102.

@@ -4,8 +4,10 @@
 //! normalisation; then what one core sustains for K views per image with and without the K views
 //! of an image sharing one decode, and how many cores a GPU at a given rate needs. The decode
 //! of targets into maps, which runs on the training device, is timed on this CPU beside them.
-//! Then the real loader ([`load_micro_batch`]) end to end on one core, on an `ln1` store of
-//! K views of 64 such JPEGs, in the default order and with `--group-views`.
+//! Store reads are timed in a random order (the loader's) and in store order (rows as they lie
+//! in their shards). Then the real loader ([`load_micro_batch`]) end to end on one core, on an
+//! `ln1` and an `ln1-int8` store of K views of 64 such JPEGs, in the default order and with
+//! `--group-views`.
 //!
 //! ```text
 //! cargo run --release -p tinymim-train --example bench_loader -- [--views-per-image 4]
@@ -13,8 +15,8 @@
 //! ```
 //!
 //! The JPEG is ImageNet-sized: a cached photo resized to 500×333 and encoded at quality 90 by
-//! the `image` crate. Store rows hold random float16 values (real targets compress 8–14 %
-//! better). Needs the asset cache (scripts/setup.sh).
+//! the `image` crate. Store rows hold random values (float16 in [-2, 2), or such rows quantised
+//! to int8; real targets compress 8–14 % better). Needs the asset cache (scripts/setup.sh).
 
 mod common;
 
@@ -23,14 +25,17 @@ use std::time::Instant;
 
 use half::f16;
 use image::codecs::jpeg::JpegEncoder;
+use ndarray::Array2;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
+use tinymim_formats::quant::ln1_int8_row;
 use tinymim_formats::view::sample_views;
 use tinymim_formats::vit::{ArchFile, ArchOverrides, VitArch};
 use tinymim_formats::{
     content_key, Encoding, Hash32, ImageEntry, Normalization, QkvParams, RelationStore, RowMeta,
-    SourceImage, StoreHeader, TeacherGeometry, ViewRecipe,
+    SourceImage, StoreHeader, Targets, TeacherGeometry, ViewRecipe,
 };
 
 use tinymim_train::data::{
@@ -113,9 +118,13 @@ fn random_store(
             &image,
             &view,
         );
-        let targets: Vec<f16> = (0..len)
-            .map(|_| f16::from_f32(rng.random_range(-2.0..2.0)))
-            .collect();
+        let values: Vec<f32> = (0..len).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let targets = match encoding {
+            Encoding::Ln1Int8 => {
+                ln1_int8_row(Array2::from_shape_vec((geometry.tokens as usize, d), values)?.view())
+            }
+            _ => Targets::Half(values.into_iter().map(f16::from_f32).collect()),
+        };
         writer.push(RowMeta { key, image, view }, &targets)?;
     }
     writer.commit(serde_json::Value::Null)?;
@@ -173,10 +182,11 @@ fn main() -> anyhow::Result<()> {
         jpeg.len() / 1000
     );
     eprintln!(
-        "{:<6} {:>10} {:>12} {:>14} {:>16} {:>16} {:>12}",
+        "{:<8} {:>8} {:>12} {:>12} {:>14} {:>16} {:>16} {:>12}",
         "enc",
         "row kB",
         "read rows/s",
+        "store order",
         "device dec/s",
         format!("{k} views/img v/s"),
         "undecoded-once",
@@ -188,13 +198,18 @@ fn main() -> anyhow::Result<()> {
         let n = match encoding {
             Encoding::Maps => rows / 4,
             Encoding::Qkv => rows / 2,
-            Encoding::Ln1 => rows,
+            Encoding::Ln1 | Encoding::Ln1Int8 => rows,
         }
         .max(4);
         let path = random_store(dir.path(), encoding, n, None)?;
         let opened = RelationStore::open(&path)?;
         let reader = opened.reader()?;
+        let mut shuffled: Vec<usize> = (0..n).collect();
+        shuffled.shuffle(&mut ChaCha8Rng::seed_from_u64(11));
         let read_rate = per_core(n, |i| {
+            reader.targets(shuffled[i % n]).expect("reads");
+        });
+        let store_order_rate = per_core(n, |i| {
             reader.targets(i % n).expect("reads");
         });
         let decoder = TargetDecoder::new(
@@ -203,9 +218,10 @@ fn main() -> anyhow::Result<()> {
             None,
             &candle_core::Device::Cpu,
         )?;
-        let batch: Vec<f16> = (0..8)
-            .flat_map(|i| reader.targets(i % n).unwrap())
-            .collect();
+        let mut batch = encoding.no_targets();
+        for i in 0..8 {
+            batch.append(&reader.targets(i % n)?);
+        }
         let started = Instant::now();
         let reps = 3;
         for _ in 0..reps {
@@ -217,12 +233,13 @@ fn main() -> anyhow::Result<()> {
         let base = 1.0 / read_rate + 1.0 / render_rate;
         let grouped = 1.0 / (base + 1.0 / (k as f64 * jpeg_rate));
         let ungrouped = 1.0 / (base + 1.0 / jpeg_rate);
-        let row_kb = encoding.row_len(&opened.header().geometry) as f64 * 2.0 / 1000.0;
+        let row_kb = encoding.row_bytes(&opened.header().geometry) as f64 / 1000.0;
         eprintln!(
-            "{:<6} {:>10.0} {:>12.0} {:>14.1} {:>16.0} {:>16.0} {:>12.1}",
+            "{:<8} {:>8.0} {:>12.0} {:>12.0} {:>14.1} {:>16.0} {:>16.0} {:>12.1}",
             encoding.name(),
             row_kb,
             read_rate,
+            store_order_rate,
             device_rate,
             grouped,
             ungrouped,
@@ -232,6 +249,7 @@ fn main() -> anyhow::Result<()> {
             "{}",
             serde_json::json!({"bench": "loader", "stage": "store_read", "encoding": encoding.name(),
                 "row_bytes": row_kb * 1000.0, "per_core_rows_per_s": read_rate,
+                "per_core_rows_per_s_store_order": store_order_rate,
                 "device_decode_views_per_s_this_cpu": device_rate,
                 "views_per_image": k, "per_core_views_per_s_grouped": grouped,
                 "per_core_views_per_s_each_view_decoded": ungrouped,
@@ -240,7 +258,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     // The loader end to end: 64 JPEGs (the photo shifted by a pixel each, so they differ) ×
-    // 4 views in an `ln1` store, micro-batches of 32, one core.
+    // 4 views in an `ln1` and an `ln1-int8` store, micro-batches of 32, one core.
     let jpeg_of = |i: usize| {
         let shifted = image::imageops::crop_imm(&photo, i as u32 % 50, 0, 550, 400).to_image();
         let small =
@@ -257,56 +275,58 @@ fn main() -> anyhow::Result<()> {
     for (i, bytes) in images.iter().enumerate() {
         std::fs::write(folder.join(format!("img{i}.jpg")), bytes)?;
     }
-    let store = random_store(
-        &dir.path().join("e2e"),
-        Encoding::Ln1,
-        4 * images.len(),
-        Some(&|i| images[i].clone()),
-    )?;
-    let opened = RelationStore::open(&store)?;
-    let reader = opened.reader()?;
-    let rows = RowSet::from_store(&reader, &store)?;
-    let catalog = ImageCatalog::from_store(&reader, &rows, &folder)?;
-    let (rows, catalog) = (Arc::new(rows), Arc::new(catalog));
-    let reader = Arc::new(reader);
-    for group_views in [false, true] {
-        let batch = 32;
-        let spec = LoaderSpec {
-            rows: rows.clone(),
-            catalog: catalog.clone(),
-            plan: BatchPlan {
-                rows: rows.len(),
-                batch,
-                accum: 1,
-                seed: 0,
-                group_views,
-            },
-            student: RenderSpec {
-                size,
-                normalization: Normalization::IMAGENET,
-                jitter_seed: Some(0),
-            },
-            feed: TargetFeed::Store(reader.clone()),
-            first: 0,
-            count: 0,
-            prefetch: 0,
-        };
-        let order = spec.plan.epoch_order(&rows, 0);
-        let micro = (rows.len() / batch) as u64;
-        let batches = per_core(micro as usize, |i| {
-            load_micro_batch(&spec, i as u64 % micro, &order).expect("loads");
-        });
-        let views_per_s = batches * batch as f64;
-        eprintln!(
-            "loader end to end, one core, ln1, 4 views/img, batch {batch}, group_views \
-             {group_views}: {views_per_s:.0} views/s"
-        );
-        println!(
-            "{}",
-            serde_json::json!({"bench": "loader", "stage": "end_to_end", "encoding": "ln1",
-                "views_per_image": 4, "batch": batch, "group_views": group_views,
-                "per_core_views_per_s": views_per_s})
-        );
+    for encoding in [Encoding::Ln1, Encoding::Ln1Int8] {
+        let store = random_store(
+            &dir.path().join("e2e"),
+            encoding,
+            4 * images.len(),
+            Some(&|i| images[i].clone()),
+        )?;
+        let opened = RelationStore::open(&store)?;
+        let reader = opened.reader()?;
+        let rows = RowSet::from_store(&reader, &store)?;
+        let catalog = ImageCatalog::from_store(&reader, &rows, &folder)?;
+        let (rows, catalog) = (Arc::new(rows), Arc::new(catalog));
+        let reader = Arc::new(reader);
+        for group_views in [false, true] {
+            let batch = 32;
+            let spec = LoaderSpec {
+                rows: rows.clone(),
+                catalog: catalog.clone(),
+                plan: BatchPlan {
+                    rows: rows.len(),
+                    batch,
+                    accum: 1,
+                    seed: 0,
+                    group_views,
+                },
+                student: RenderSpec {
+                    size,
+                    normalization: Normalization::IMAGENET,
+                    jitter_seed: Some(0),
+                },
+                feed: TargetFeed::Store(reader.clone()),
+                first: 0,
+                count: 0,
+                prefetch: 0,
+            };
+            let order = spec.plan.epoch_order(&rows, 0);
+            let micro = (rows.len() / batch) as u64;
+            let batches = per_core(micro as usize, |i| {
+                load_micro_batch(&spec, i as u64 % micro, &order).expect("loads");
+            });
+            let views_per_s = batches * batch as f64;
+            eprintln!(
+                "loader end to end, one core, {encoding}, 4 views/img, batch {batch}, \
+                 group_views {group_views}: {views_per_s:.0} views/s"
+            );
+            println!(
+                "{}",
+                serde_json::json!({"bench": "loader", "stage": "end_to_end",
+                    "encoding": encoding.name(), "views_per_image": 4, "batch": batch,
+                    "group_views": group_views, "per_core_views_per_s": views_per_s})
+            );
+        }
     }
     Ok(())
 }

@@ -1,13 +1,13 @@
 //! Stored targets decode to the same relation maps in candle as in formats' CPU reference
-//! (`decode_maps`) and as in an f64 implementation of TINYMIM.md written here, for all three
-//! encodings, and with relation heads other than the teacher's (`--relation-heads`).
+//! (`decode_maps`) and as in an f64 implementation of TINYMIM.md written here, for every
+//! encoding, and with relation heads other than the teacher's (`--relation-heads`).
 
 use candle_core::Device;
 use half::f16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tinymim_formats::{
-    decode_maps, Encoding, Hash32, Normalization, QkvParams, StoreHeader, TeacherGeometry,
+    decode_maps, Encoding, Hash32, Normalization, QkvParams, StoreHeader, Targets, TeacherGeometry,
     ViewRecipe,
 };
 use tinymim_train::data::TargetDecoder;
@@ -69,7 +69,7 @@ fn random_f16(n: usize, scale: f32, rng: &mut ChaCha8Rng) -> Vec<f16> {
 }
 
 /// Candle's maps of a batch of rows, flattened per row as `[2, H, N, N]`.
-fn candle_rows(decoder: &TargetDecoder, raw: &[f16], rows: usize) -> Vec<Vec<f32>> {
+fn candle_rows(decoder: &TargetDecoder, raw: &Targets, rows: usize) -> Vec<Vec<f32>> {
     let (qk, vv) = decoder.decode(raw).unwrap();
     assert_eq!(qk.dims(), &[rows, H, N, N]);
     let qk: Vec<f32> = qk.flatten_all().unwrap().to_vec1().unwrap();
@@ -116,9 +116,18 @@ fn qkv_rows_decode_like_the_references() {
     let len = Encoding::Qkv.row_len(&h.geometry);
     let raw = random_f16(2 * len, 3.0, &mut rng);
     let decoder = TargetDecoder::new(&h, None, None, &Device::Cpu).unwrap();
-    for (r, got) in candle_rows(&decoder, &raw, 2).iter().enumerate() {
+    for (r, got) in candle_rows(&decoder, &Targets::Half(raw.clone()), 2)
+        .iter()
+        .enumerate()
+    {
         let row = &raw[r * len..(r + 1) * len];
-        let cpu = decode_maps(Encoding::Qkv, row, &h.geometry, None).unwrap();
+        let cpu = decode_maps(
+            Encoding::Qkv,
+            &Targets::Half(row.to_vec()),
+            &h.geometry,
+            None,
+        )
+        .unwrap();
         assert!(max_diff(got, cpu.iter().map(|&x| f64::from(x))) < TOLERANCE);
         let values: Vec<f64> = row.iter().map(|x| f64::from(x.to_f32())).collect();
         let qkv = split3(&values);
@@ -140,9 +149,13 @@ fn ln1_rows_decode_like_the_references() {
     let raw = random_f16(2 * len, 2.0, &mut rng);
     let decoder = TargetDecoder::new(&h, Some(&params), None, &Device::Cpu).unwrap();
     let d = D / H;
-    for (r, got) in candle_rows(&decoder, &raw, 2).iter().enumerate() {
+    for (r, got) in candle_rows(&decoder, &Targets::Half(raw.clone()), 2)
+        .iter()
+        .enumerate()
+    {
         let row = &raw[r * len..(r + 1) * len];
-        let cpu = decode_maps(Encoding::Ln1, row, &h.geometry, Some(&params)).unwrap();
+        let row_targets = Targets::Half(row.to_vec());
+        let cpu = decode_maps(Encoding::Ln1, &row_targets, &h.geometry, Some(&params)).unwrap();
         assert!(max_diff(got, cpu.iter().map(|&x| f64::from(x))) < TOLERANCE);
         // f64: qkv = X̂Wᵀ + b, head h = channels [h·d, (h+1)·d) of each of q, k, v.
         let x: Vec<f64> = row.iter().map(|v| f64::from(v.to_f32())).collect();
@@ -168,14 +181,24 @@ fn maps_rows_pass_through_and_a_short_batch_is_an_error() {
     let len = Encoding::Maps.row_len(&h.geometry);
     let raw = random_f16(3 * len, 1.0, &mut rng);
     let decoder = TargetDecoder::new(&h, None, None, &Device::Cpu).unwrap();
-    for (r, got) in candle_rows(&decoder, &raw, 3).iter().enumerate() {
+    for (r, got) in candle_rows(&decoder, &Targets::Half(raw.clone()), 3)
+        .iter()
+        .enumerate()
+    {
         let want = raw[r * len..(r + 1) * len]
             .iter()
             .map(|x| f64::from(x.to_f32()));
         assert_eq!(max_diff(got, want), 0.0);
     }
-    let err = decoder.decode(&raw[..len + 5]).unwrap_err().to_string();
+    let short = Targets::Half(raw[..len + 5].to_vec());
+    let err = decoder.decode(&short).unwrap_err().to_string();
     assert!(err.contains("maps"), "{err}");
+    let int8 = Targets::Int8 {
+        values: vec![0; len],
+        scales: vec![],
+    };
+    let err = decoder.decode(&int8).unwrap_err().to_string();
+    assert!(err.contains("int8") && err.contains("float16"), "{err}");
     assert!(TargetDecoder::new(&header(Encoding::Ln1), None, None, &Device::Cpu).is_err());
 }
 
@@ -199,12 +222,85 @@ fn maps_with_heads(x: &[Vec<Vec<f64>>], heads: usize) -> Vec<f64> {
 }
 
 /// One row's maps from candle, decoded with `heads` relation heads, as `[2, heads, N, N]`.
-fn candle_row(decoder: &TargetDecoder, raw: &[f16], heads: usize) -> Vec<f32> {
+fn candle_row(decoder: &TargetDecoder, raw: &Targets, heads: usize) -> Vec<f32> {
     let (qk, vv) = decoder.decode(raw).unwrap();
     assert_eq!(qk.dims(), &[1, heads, N, N]);
     let qk: Vec<f32> = qk.flatten_all().unwrap().to_vec1().unwrap();
     let vv: Vec<f32> = vv.flatten_all().unwrap().to_vec1().unwrap();
     [qk, vv].concat()
+}
+
+/// f64 q, k, v `[3][N][D]` = X̂Wᵀ + b of one row X̂ `[N, D]` (row-major).
+fn project(x: &[f64], params: &QkvParams) -> Vec<Vec<Vec<f64>>> {
+    (0..3)
+        .map(|t| {
+            (0..N)
+                .map(|n| {
+                    (0..D)
+                        .map(|c| {
+                            let o = t * D + c;
+                            let dot: f64 = (0..D)
+                                .map(|i| x[n * D + i] * f64::from(params.weight[o * D + i]))
+                                .sum();
+                            dot + f64::from(params.bias[o])
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn ln1_int8_rows_decode_like_the_references_with_every_byte_value() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let h = header(Encoding::Ln1Int8);
+    let params = QkvParams {
+        weight: (0..3 * D * D)
+            .map(|_| rng.random_range(-0.5..0.5))
+            .collect(),
+        bias: (0..3 * D).map(|_| rng.random_range(-0.2..0.2)).collect(),
+    };
+    // Two rows: random bytes, and the extremes −128, −127, −1, 0, 1, 127 in every channel.
+    let len = N * D;
+    let mut values: Vec<i8> = (0..len).map(|_| rng.random::<i8>()).collect();
+    let extremes = [-128i8, -127, -1, 0, 1, 127];
+    values.extend((0..len).map(|i| extremes[(i / D + i) % extremes.len()]));
+    let scales: Vec<f16> = (0..2 * D)
+        .map(|_| f16::from_f32(rng.random_range(0.002..0.03)))
+        .collect();
+    let targets = Targets::Int8 {
+        values: values.clone(),
+        scales: scales.clone(),
+    };
+    for heads in [H, 2, 6] {
+        let decoder = TargetDecoder::new(&h, Some(&params), Some(heads), &Device::Cpu).unwrap();
+        let (qk, _) = decoder.decode(&targets).unwrap();
+        assert_eq!(qk.dims(), &[2, heads, N, N]);
+        for r in 0..2 {
+            // f64: X̂ = value · scale of its channel, then as ln1.
+            let x: Vec<f64> = (0..len)
+                .map(|i| f64::from(values[r * len + i]) * f64::from(scales[r * D + i % D].to_f32()))
+                .collect();
+            let want = maps_with_heads(&project(&x, &params), heads);
+            let row = Targets::Int8 {
+                values: values[r * len..(r + 1) * len].to_vec(),
+                scales: scales[r * D..(r + 1) * D].to_vec(),
+            };
+            let got = candle_row(&decoder, &row, heads);
+            let err = max_diff(&got, want.iter().copied());
+            assert!(err < 1e-5, "ln1-int8 row {r}, {heads} heads: {err}");
+            if heads == H {
+                let batched = &candle_rows(&decoder, &targets, 2)[r];
+                assert!(
+                    max_diff(batched, want.iter().copied()) < 1e-5,
+                    "row {r} in a batch"
+                );
+                let cpu = decode_maps(Encoding::Ln1Int8, &row, &h.geometry, Some(&params)).unwrap();
+                assert!(max_diff(&got, cpu.iter().map(|&x| f64::from(x))) < TOLERANCE);
+            }
+        }
+    }
 }
 
 #[test]
@@ -230,7 +326,7 @@ fn qkv_and_ln1_rows_form_maps_with_any_relation_head_split() {
     for heads in [3, 1, 2, 4, 12] {
         let decoder = TargetDecoder::new(&h, None, Some(heads), &Device::Cpu).unwrap();
         assert_eq!(decoder.heads(), heads);
-        let got = candle_row(&decoder, &raw, heads);
+        let got = candle_row(&decoder, &Targets::Half(raw.clone()), heads);
         let err = max_diff(&got, maps_with_heads(&joined, heads));
         assert!(err < TOLERANCE, "qkv, {heads} heads: {err}");
     }
@@ -245,26 +341,10 @@ fn qkv_and_ln1_rows_form_maps_with_any_relation_head_split() {
     };
     let raw = random_f16(Encoding::Ln1.row_len(&h.geometry), 2.0, &mut rng);
     let x: Vec<f64> = raw.iter().map(|v| f64::from(v.to_f32())).collect();
-    let projected: Vec<Vec<Vec<f64>>> = (0..3)
-        .map(|t| {
-            (0..N)
-                .map(|n| {
-                    (0..D)
-                        .map(|c| {
-                            let o = t * D + c;
-                            let dot: f64 = (0..D)
-                                .map(|i| x[n * D + i] * f64::from(params.weight[o * D + i]))
-                                .sum();
-                            dot + f64::from(params.bias[o])
-                        })
-                        .collect()
-                })
-                .collect()
-        })
-        .collect();
+    let projected = project(&x, &params);
     for heads in [3, 2, 6] {
         let decoder = TargetDecoder::new(&h, Some(&params), Some(heads), &Device::Cpu).unwrap();
-        let got = candle_row(&decoder, &raw, heads);
+        let got = candle_row(&decoder, &Targets::Half(raw.clone()), heads);
         let err = max_diff(&got, maps_with_heads(&projected, heads));
         assert!(err < 1e-5, "ln1, {heads} heads: {err}");
     }

@@ -64,8 +64,9 @@ fn reference(world: &World, model: &Student) -> (f64, f64) {
         let target: Vec<f64> = reader
             .targets(row.store_row.unwrap())
             .unwrap()
+            .to_f32(g.dim as usize)
             .into_iter()
-            .map(|x| f64::from(x.to_f32()))
+            .map(f64::from)
             .collect();
         let per_map = h * n * n;
         qk += mean_row_kl(&flat(l_qk), &target[..per_map], n);

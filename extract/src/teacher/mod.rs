@@ -326,7 +326,7 @@ impl Teacher {
 
     /// Whether this teacher can produce `encoding`; the reason when not.
     pub fn check_encoding(&self, encoding: Encoding) -> Result<(), TeacherError> {
-        if encoding != Encoding::Ln1 {
+        if !encoding.stores_ln1() {
             return Ok(());
         }
         let missing = match (&self.config.tensors.ln1, &self.qkv) {

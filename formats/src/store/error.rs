@@ -16,8 +16,9 @@ pub enum StoreError {
         store: String,
         writer: String,
     },
-    /// The store (or a row) uses the `ln1` encoding but no qkv weight and bias are available.
-    #[error("the ln1 encoding needs the target block's qkv weight and bias, and none were given")]
+    /// The store (or a row) uses an encoding of LN1(x) (`ln1`, `ln1-int8`) but no qkv weight
+    /// and bias are available.
+    #[error("the ln1 and ln1-int8 encodings need the target block's qkv weight and bias, and none were given")]
     MissingQkvParams,
     /// A tensor or parameter has the wrong number of values.
     #[error("{what}: expected {expected} values, got {got}")]

@@ -17,8 +17,6 @@ pub(crate) const ROOT_ATTRIBUTE: &str = "tinymim";
 const FORMAT: &str = "tinymim.relations";
 /// The layout version this code reads and writes.
 const VERSION: u32 = 1;
-/// The only target dtype (zarr-python 3 cannot open bfloat16).
-const DTYPE: &str = "float16";
 
 /// The tinymim record in the root group's attributes, as stored.
 #[derive(Serialize, Deserialize)]
@@ -49,7 +47,7 @@ impl RootAttributes {
                 geometry: header.geometry.clone(),
             },
             encoding: header.encoding,
-            dtype: DTYPE.to_string(),
+            dtype: header.encoding.dtype().to_string(),
             view_recipe: header.recipe.clone(),
         }
     }
@@ -76,10 +74,13 @@ impl RootAttributes {
                 record.version
             ));
         }
-        if record.dtype != DTYPE {
+        // The dtype follows from the encoding (float16, not bfloat16, which zarr-python 3
+        // cannot open; int8 for `ln1-int8`).
+        let dtype = record.encoding.dtype();
+        if record.dtype != dtype {
             return Err(format!(
-                "target dtype `{}` is not supported (expected {DTYPE})",
-                record.dtype
+                "target dtype `{}` is not supported for the `{}` encoding (expected {dtype})",
+                record.dtype, record.encoding
             ));
         }
         check_geometry(&record.teacher.geometry).map_err(|e| e.to_string())?;

@@ -14,6 +14,7 @@ use zarrs::node::{meta_key_v3, NodePath};
 use zarrs::storage::{AtomicRenameStorageTraits, StoreKey, WritableStorageTraits};
 
 use super::{Result, StoreError, StoreHeader};
+use crate::encoding::Encoding;
 
 /// The storage every store node lives in.
 pub(crate) type Storage = FilesystemStore;
@@ -143,13 +144,35 @@ pub(crate) fn open(storage: &Arc<Storage>, path: &str) -> Result<StoreArray> {
     Array::open(storage.clone(), path).map_err(zarr_err(path))
 }
 
-/// The four row arrays of a segment. `targets` is sharded (inner chunks of one row); the
-/// metadata arrays are read whole, so their chunk is the shard's rows.
+/// The row arrays of a segment. `targets` (and `ln1-int8`'s `scale`) are sharded, with inner
+/// chunks of one row; the metadata arrays are read whole, so their chunk is the shard's rows.
 pub(crate) struct RowArrays {
     pub key: StoreArray,
     pub image: StoreArray,
     pub view: StoreArray,
     pub targets: StoreArray,
+    /// The per-row scales of an 8-bit encoding (`scale [R, D]` float16).
+    pub scale: Option<StoreArray>,
+}
+
+/// Name of the scale array of an 8-bit encoding inside a segment.
+const SCALE: &str = "scale";
+
+/// A sharded row array: shards of `shard_rows` rows, inner chunks of one row.
+fn sharded(
+    capacity: u64,
+    row_shape: Vec<u64>,
+    shard_rows: u64,
+    data_type: zarrs::array::DataType,
+    fill: impl Into<zarrs::array::builder::ArrayBuilderFillValue>,
+) -> ArrayBuilder {
+    let mut shape = vec![capacity];
+    shape.extend(row_shape);
+    let mut subchunk = shape.clone();
+    subchunk[0] = 1;
+    let mut b = builder(shape, shard_rows, data_type, fill);
+    b.subchunk_shape(subchunk);
+    b
 }
 
 impl RowArrays {
@@ -161,17 +184,32 @@ impl RowArrays {
         capacity: u64,
         shard_rows: u64,
     ) -> Result<Self> {
-        let mut target_shape = vec![capacity];
-        target_shape.extend(header.encoding.row_shape(&header.geometry));
-        let mut subchunk = target_shape.clone();
-        subchunk[0] = 1;
-        let mut targets = builder(
-            target_shape,
-            shard_rows,
-            data_type::float16(),
-            half::f16::ZERO,
-        );
-        targets.subchunk_shape(subchunk);
+        let (encoding, g) = (header.encoding, &header.geometry);
+        let row_shape = encoding.row_shape(g);
+        let targets = match encoding {
+            Encoding::Ln1Int8 => sharded(capacity, row_shape, shard_rows, data_type::int8(), 0i8),
+            _ => sharded(
+                capacity,
+                row_shape,
+                shard_rows,
+                data_type::float16(),
+                half::f16::ZERO,
+            ),
+        };
+        let scale = match encoding.scale_shape(g) {
+            Some(shape) => Some(create(
+                storage,
+                &format!("{segment}/{SCALE}"),
+                &sharded(
+                    capacity,
+                    shape,
+                    shard_rows,
+                    data_type::float16(),
+                    half::f16::ZERO,
+                ),
+            )?),
+            None => None,
+        };
         Ok(RowArrays {
             key: create(
                 storage,
@@ -188,11 +226,8 @@ impl RowArrays {
                 &format!("{segment}/view"),
                 &builder(vec![capacity, 5], shard_rows, data_type::uint32(), 0u32),
             )?,
-            targets: create(
-                storage,
-                &format!("{segment}/{}", header.encoding.name()),
-                &targets,
-            )?,
+            targets: create(storage, &format!("{segment}/{}", encoding.name()), &targets)?,
+            scale,
         })
     }
 
@@ -202,22 +237,30 @@ impl RowArrays {
         segment: &str,
         header: &StoreHeader,
     ) -> Result<Self> {
+        let encoding = header.encoding;
+        let scale = match encoding.scale_shape(&header.geometry) {
+            Some(_) => Some(open(storage, &format!("{segment}/{SCALE}"))?),
+            None => None,
+        };
         Ok(RowArrays {
             key: open(storage, &format!("{segment}/key"))?,
             image: open(storage, &format!("{segment}/image"))?,
             view: open(storage, &format!("{segment}/view"))?,
-            targets: open(storage, &format!("{segment}/{}", header.encoding.name()))?,
+            targets: open(storage, &format!("{segment}/{}", encoding.name()))?,
+            scale,
         })
     }
 
-    /// All four arrays.
-    pub(crate) fn all_mut(&mut self) -> [&mut StoreArray; 4] {
-        [
+    /// Every row array.
+    pub(crate) fn all_mut(&mut self) -> Vec<&mut StoreArray> {
+        let mut all = vec![
             &mut self.key,
             &mut self.image,
             &mut self.view,
             &mut self.targets,
-        ]
+        ];
+        all.extend(self.scale.as_mut());
+        all
     }
 }
 

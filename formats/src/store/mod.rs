@@ -6,8 +6,8 @@
 //! relations.zarr/zarr.json          root group; attributes {"tinymim": {"format": "tinymim.relations",
 //!                                   "version": 1, "teacher": {"fingerprint": hex, "geometry": {...}},
 //!                                   "encoding": "qkv", "dtype": "float16", "view_recipe": {...}}}
-//! relations.zarr/teacher/qkv_weight [3D, D] float32    (ln1 encoding only)
-//! relations.zarr/teacher/qkv_bias   [3D]    float32    (ln1 encoding only)
+//! relations.zarr/teacher/qkv_weight [3D, D] float32    (ln1 and ln1-int8 only)
+//! relations.zarr/teacher/qkv_bias   [3D]    float32    (ln1 and ln1-int8 only)
 //! relations.zarr/segments/<id>/     group per writer; attributes {"tinymim_segment":
 //!                                   {"committed_rows": n, "committed_images": m, "closed": bool,
 //!                                    "capacity": c, "shard_rows": s, "summary": {...}}}
@@ -15,6 +15,7 @@
 //!    image  [R, 32] uint8     blake3 of the source image's bytes
 //!    view   [R, 5]  uint32    x, y, w, h, flip (0 or 1)
 //!    maps   [R, 2, H, N, N] | qkv [R, 3, H, N, d] | ln1 [R, N, D]   float16 (named by encoding)
+//!    | ln1-int8 [R, N, D] int8 + scale [R, D] float16: x ≈ ln1-int8[r, n, c] · scale[r, c]
 //!    images/hash  [M, 32] uint8    the segment's image table
 //!    images/path  [M]     string   path relative to the source root (Zarr v3 `string`, vlen-utf8)
 //!    images/size  [M]     uint64   file size in bytes
@@ -27,7 +28,7 @@
 //!
 //! # Chunking
 //!
-//! The target array uses the sharding codec: a shard holds S rows (`shard_rows`, chosen so a
+//! The target array (and `scale`) uses the sharding codec: a shard holds S rows (`shard_rows`, chosen so a
 //! shard of targets is about 32 MB, between 1 and 1024 rows) in inner chunks of one row, each
 //! `bytes → zstd → crc32c`, with the shard index `bytes → crc32c` at the end; reading a random
 //! row decompresses one row. `key`, `image` and `view` are read whole when a store is opened,
@@ -77,7 +78,6 @@ pub use types::{
 };
 pub use writer::SegmentWriter;
 
-use crate::encoding::Encoding;
 use crate::hash::Hash32;
 use header::{check_same, RootAttributes};
 use layout::{group_attributes, write_group, SegmentState, Storage, SEGMENTS};
@@ -103,13 +103,13 @@ impl RelationStore {
     ) -> Result<Self> {
         check_geometry(&header.geometry)?;
         let dim = header.geometry.dim as usize;
-        let qkv = match (header.encoding, qkv) {
-            (Encoding::Ln1, None) => return Err(StoreError::MissingQkvParams),
-            (Encoding::Ln1, Some(params)) => {
+        let qkv = match (header.encoding.stores_ln1(), qkv) {
+            (true, None) => return Err(StoreError::MissingQkvParams),
+            (true, Some(params)) => {
                 params.views(dim)?;
                 Some(params)
             }
-            _ => None,
+            (false, _) => None,
         };
         if !path.join("zarr.json").exists() {
             Self::create(path, header, qkv)?;
@@ -247,8 +247,7 @@ impl RelationStore {
     /// Rows per shard that [`begin_segment`](Self::begin_segment) uses: about 32 MB of
     /// targets per shard, between 1 and 1024 rows.
     pub fn default_shard_rows(&self) -> u64 {
-        let row_bytes = 2 * self.header.encoding.row_len(&self.header.geometry) as u64;
-        layout::default_shard_rows(row_bytes)
+        layout::default_shard_rows(self.header.encoding.row_bytes(&self.header.geometry))
     }
 
     /// Begins a new segment with `shard_rows` rows per shard (at least 1): fewer rows per shard

@@ -12,6 +12,7 @@ use super::targets::TargetRows;
 use super::{
     ImageEntry, QkvParams, Result, RowMeta, StoreError, StoreHeader, VerifyProblem, VerifyReport,
 };
+use crate::encoding::Targets;
 use crate::hash::{content_key, Hash32};
 use crate::relation::decode_maps;
 use crate::view::View;
@@ -40,6 +41,8 @@ struct SegmentRows {
     id: String,
     arrays: RowArrays,
     targets: TargetRows,
+    /// The scales of an 8-bit encoding.
+    scales: Option<TargetRows>,
     committed_rows: u64,
     shard_rows: u64,
     images: HashSet<Hash32>,
@@ -71,10 +74,11 @@ impl StoreReader {
             let path = super::layout::segment_path(&id);
             let arrays = RowArrays::open(storage, &path, &reader.header)?;
             check_row_arrays(&arrays, &reader.header, state.committed_rows)?;
-            let targets = TargetRows::new(super::layout::open(
-                storage,
-                arrays.targets.path().as_str(),
-            )?)?;
+            let rows_of = |array: &StoreArray| {
+                TargetRows::new(super::layout::open(storage, array.path().as_str())?)
+            };
+            let targets = rows_of(&arrays.targets)?;
+            let scales = arrays.scale.as_ref().map(rows_of).transpose()?;
             let table = read_image_table(storage, &path, state.committed_images)?;
             let meta = read_meta(&arrays, 0..state.committed_rows)?;
             let segment = reader.segments.len();
@@ -92,6 +96,7 @@ impl StoreReader {
                 id,
                 arrays,
                 targets,
+                scales,
                 committed_rows: state.committed_rows,
                 shard_rows: state.shard_rows,
                 images,
@@ -133,15 +138,15 @@ impl StoreReader {
         self.images.get(hash)
     }
 
-    /// The raw encoded targets of row `i` (length `encoding.row_len(geometry)`).
-    pub fn targets(&self, i: usize) -> Result<Vec<f16>> {
+    /// The stored targets of row `i`, as encoded: `encoding.row_len(geometry)` values (and
+    /// `encoding.scale_len(geometry)` scales for `ln1-int8`).
+    pub fn targets(&self, i: usize) -> Result<Targets> {
         let &(segment, row) = self.locations.get(i).ok_or(StoreError::RowOutOfRange {
             index: i,
             len: self.len(),
         })?;
         self.segments[segment]
-            .targets
-            .row(row)
+            .targets(row)
             .map_err(|e| e.within(&self.root))
     }
 
@@ -188,11 +193,11 @@ impl StoreReader {
             row,
             reason,
         };
-        if let Err(shard_error) = read_rows::<f16>(&segment.arrays.targets, range.clone()) {
+        if let Err(shard_error) = segment.read_shard(range.clone()) {
             // Find the rows whose inner chunks fail; blame the shard's first row otherwise.
             let before = problems.len();
             for row in range.clone() {
-                if let Err(e) = segment.targets.row(row) {
+                if let Err(e) = segment.targets(row) {
                     problems.push(unreadable(row, e.within(&self.root).to_string()));
                 }
             }
@@ -237,6 +242,30 @@ impl StoreReader {
     }
 }
 
+impl SegmentRows {
+    /// Row `row`'s targets (and scales), each inner chunk's checksum verified.
+    fn targets(&self, row: u64) -> Result<Targets> {
+        match &self.scales {
+            None => Ok(Targets::Half(self.targets.row::<f16>(row)?)),
+            Some(scales) => Ok(Targets::Int8 {
+                values: self.targets.row::<i8>(row)?,
+                scales: scales.row::<f16>(row)?,
+            }),
+        }
+    }
+
+    /// Reads the shards holding rows `range` whole (every checksum verified), for `verify`.
+    fn read_shard(&self, range: Range<u64>) -> Result<()> {
+        match &self.arrays.scale {
+            None => read_rows::<f16>(&self.arrays.targets, range).map(drop),
+            Some(scale) => {
+                read_rows::<i8>(&self.arrays.targets, range.clone())?;
+                read_rows::<f16>(scale, range).map(drop)
+            }
+        }
+    }
+}
+
 /// The content keys of rows `0..rows` of segment `id`.
 pub(super) fn read_keys(storage: &Arc<Storage>, id: &str, rows: u64) -> Result<Vec<Hash32>> {
     let path = super::layout::segment_path(id);
@@ -246,14 +275,18 @@ pub(super) fn read_keys(storage: &Arc<Storage>, id: &str, rows: u64) -> Result<V
 
 /// Refuses row arrays too short for the watermark or shaped for another geometry.
 fn check_row_arrays(arrays: &RowArrays, header: &StoreHeader, committed: u64) -> Result<()> {
-    let mut target_shape = header.encoding.row_shape(&header.geometry);
-    target_shape.insert(0, 0);
-    for (array, row_shape) in [
+    let (encoding, g) = (header.encoding, &header.geometry);
+    let with_rows = |shape: Vec<u64>| [vec![0], shape].concat();
+    let mut expected = vec![
         (&arrays.key, vec![0, 32]),
         (&arrays.image, vec![0, 32]),
         (&arrays.view, vec![0, 5]),
-        (&arrays.targets, target_shape),
-    ] {
+        (&arrays.targets, with_rows(encoding.row_shape(g))),
+    ];
+    if let (Some(scale), Some(shape)) = (&arrays.scale, encoding.scale_shape(g)) {
+        expected.push((scale, with_rows(shape)));
+    }
+    for (array, row_shape) in expected {
         let shape = array.shape();
         if shape.len() != row_shape.len() || shape[1..] != row_shape[1..] || shape[0] < committed {
             return Err(StoreError::corrupt(

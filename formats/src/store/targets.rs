@@ -1,4 +1,5 @@
-//! Random reads of one row's targets with the inner chunk's crc32c verified.
+//! Random reads of one row of a sharded array (targets, scales) with the inner chunk's crc32c
+//! verified.
 //!
 //! zarrs 0.23 reads a subset of a sharded array through partial decoders, and its crc32c
 //! partial decoder strips the checksum without checking it (measured: a flipped byte in a
@@ -9,7 +10,6 @@
 use std::borrow::Cow;
 use std::num::NonZeroU64;
 
-use half::f16;
 use zarrs::array::{
     ArrayShardedReadableExt, ArrayShardedReadableExtCache, ArrayToBytesCodecTraits, CodecChain,
     CodecOptions, FromArrayBytes,
@@ -20,7 +20,8 @@ use zarrs::metadata::ArrayMetadata;
 use super::layout::{row_chunk, zarr_err, StoreArray};
 use super::{Result, StoreError};
 
-/// A segment's target array, read one row (one inner chunk) at a time.
+/// A segment's sharded row array (its targets, or an 8-bit encoding's scales), read one row
+/// (one inner chunk) at a time.
 pub(crate) struct TargetRows {
     array: StoreArray,
     cache: ArrayShardedReadableExtCache,
@@ -72,8 +73,12 @@ impl TargetRows {
         })
     }
 
-    /// The decoded targets of `row`; a checksum mismatch is an error naming the array.
-    pub(crate) fn row(&self, row: u64) -> Result<Vec<f16>> {
+    /// The decoded values of `row`, in the array's element type `T`; a checksum mismatch is an
+    /// error naming the array.
+    pub(crate) fn row<T: Clone + Default>(&self, row: u64) -> Result<Vec<T>>
+    where
+        Vec<T>: FromArrayBytes,
+    {
         let path = self.array.path().as_str();
         let encoded = self
             .array
@@ -81,7 +86,7 @@ impl TargetRows {
             .map_err(zarr_err(path))?;
         let len = self.row_shape.iter().map(|n| n.get() as usize).product();
         let Some(encoded) = encoded else {
-            return Ok(vec![f16::ZERO; len]); // an all-zero row is not stored
+            return Ok(vec![T::default(); len]); // an all-zero row is not stored
         };
         let (data_type, fill) = (self.array.data_type(), self.array.fill_value());
         let bytes = self
@@ -95,6 +100,6 @@ impl TargetRows {
             )
             .map_err(zarr_err(path))?;
         let shape: Vec<u64> = self.row_shape.iter().map(|n| n.get()).collect();
-        Vec::<f16>::from_array_bytes(bytes, &shape, data_type).map_err(zarr_err(path))
+        Vec::<T>::from_array_bytes(bytes, &shape, data_type).map_err(zarr_err(path))
     }
 }

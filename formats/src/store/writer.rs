@@ -4,14 +4,13 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use half::f16;
-
 use super::layout::{
     replace_chunk, row_chunk, write_array_metadata, zarr_err, ImageArrays, RowArrays, SegmentState,
     Storage,
 };
 use super::types::check_len;
 use super::{ImageEntry, Result, RowMeta, SegmentInfo, StoreError, StoreHeader};
+use crate::encoding::Targets;
 use crate::hash::{content_key, Hash32};
 
 /// The single writer of one segment. Send it to the thread that extracts; see the
@@ -22,7 +21,8 @@ pub struct SegmentWriter {
     id: String,
     storage: Arc<Storage>,
     header: StoreHeader,
-    row_len: usize,
+    /// Values and scales of one row.
+    row_lens: (usize, usize),
     rows: RowArrays,
     image_arrays: ImageArrays,
     state: SegmentState,
@@ -34,23 +34,33 @@ pub struct SegmentWriter {
 }
 
 /// Rows buffered for the shard being filled.
-#[derive(Default)]
 struct PendingShard {
     rows: u64,
     keys: Vec<u8>,
     images: Vec<u8>,
     views: Vec<u32>,
-    targets: Vec<f16>,
+    targets: Targets,
 }
 
 impl PendingShard {
+    /// An empty buffer for rows of `encoding`.
+    fn new(encoding: crate::Encoding) -> Self {
+        PendingShard {
+            rows: 0,
+            keys: Vec::new(),
+            images: Vec::new(),
+            views: Vec::new(),
+            targets: encoding.no_targets(),
+        }
+    }
+
     /// Empties the buffer, keeping its allocations for the next shard.
     fn clear(&mut self) {
         self.rows = 0;
         self.keys.clear();
         self.images.clear();
         self.views.clear();
-        self.targets.clear();
+        self.targets.resize((0, 0));
     }
 }
 
@@ -76,8 +86,10 @@ impl SegmentWriter {
         let path = super::layout::segment_path(&id);
         let rows = RowArrays::create(&storage, &path, &header, capacity, shard_rows)?;
         let image_arrays = ImageArrays::create(&storage, &path, capacity.max(1))?;
+        let (encoding, g) = (header.encoding, &header.geometry);
         Ok(SegmentWriter {
-            row_len: header.encoding.row_len(&header.geometry),
+            row_lens: (encoding.row_len(g), encoding.scale_len(g)),
+            pending: PendingShard::new(encoding),
             root,
             id,
             storage,
@@ -86,7 +98,6 @@ impl SegmentWriter {
             image_arrays,
             state,
             written_rows: 0,
-            pending: PendingShard::default(),
             images: Vec::new(),
             image_hashes: HashSet::new(),
         })
@@ -106,18 +117,26 @@ impl SegmentWriter {
         Ok(())
     }
 
-    /// Appends one row; `targets` must hold exactly one row of the store's encoding, the row's
+    /// Appends one row; `targets` must hold exactly one row of the store's encoding (its values
+    /// and, for `ln1-int8`, its scales), the row's
     /// image must be in the image table and its key must be the content key of
     /// (teacher, block, encoding, image, view). Writes a shard whenever one fills up; if that
     /// write fails the row stays buffered and the next push, checkpoint or commit retries it.
-    pub fn push(&mut self, row: RowMeta, targets: &[f16]) -> Result<()> {
+    pub fn push(&mut self, row: RowMeta, targets: &Targets) -> Result<()> {
         self.write_full_shard()?;
         let segment = &self.id;
-        check_len(
-            &format!("segment {segment}: targets of row {}", self.rows()),
-            self.row_len,
-            targets.len(),
-        )?;
+        let dtype = self.header.encoding.dtype();
+        if targets.dtype() != dtype {
+            return Err(StoreError::Mismatch {
+                what: format!("the target dtype of segment {segment}"),
+                store: dtype.to_string(),
+                writer: targets.dtype().to_string(),
+            });
+        }
+        let (values, scales) = targets.lens();
+        let what = format!("segment {segment}: targets of row {}", self.rows());
+        check_len(&what, self.row_lens.0, values)?;
+        check_len(&format!("{what} (scales)"), self.row_lens.1, scales)?;
         if self.rows() >= self.state.capacity {
             return Err(StoreError::CapacityExceeded {
                 segment: segment.clone(),
@@ -151,7 +170,7 @@ impl SegmentWriter {
         let v = row.view;
         p.views
             .extend_from_slice(&[v.x, v.y, v.w, v.h, u32::from(v.flip)]);
-        p.targets.extend_from_slice(targets);
+        p.targets.append(targets);
         p.rows += 1;
         self.write_full_shard()
     }
@@ -223,22 +242,41 @@ impl SegmentWriter {
         let shard_rows = self.state.shard_rows;
         let index = self.written_rows / shard_rows;
         let p = &mut self.pending;
-        let lens = (p.keys.len(), p.images.len(), p.views.len(), p.targets.len());
+        let lens = (
+            p.keys.len(),
+            p.images.len(),
+            p.views.len(),
+            p.targets.lens(),
+        );
         let missing = (shard_rows - p.rows) as usize;
         p.keys.resize(lens.0 + 32 * missing, 0);
         p.images.resize(lens.1 + 32 * missing, 0);
         p.views.resize(lens.2 + 5 * missing, 0);
-        p.targets.resize(lens.3 + self.row_len * missing, f16::ZERO);
+        let (values, scales) = lens.3;
+        p.targets.resize((
+            values + self.row_lens.0 * missing,
+            scales + self.row_lens.1 * missing,
+        ));
         let r = &self.rows;
         let written = store_shard(&r.key, index, &p.keys)
             .and_then(|()| store_shard(&r.image, index, &p.images))
             .and_then(|()| store_shard(&r.view, index, &p.views))
-            .and_then(|()| store_shard(&r.targets, index, &p.targets));
+            .and_then(|()| match (&p.targets, &r.scale) {
+                (Targets::Half(values), _) => store_shard(&r.targets, index, values),
+                (Targets::Int8 { values, scales }, Some(scale)) => {
+                    store_shard(&r.targets, index, values)
+                        .and_then(|()| store_shard(scale, index, scales))
+                }
+                (Targets::Int8 { .. }, None) => Err(StoreError::corrupt(
+                    r.targets.path().as_str(),
+                    "int8 targets without their scale array",
+                )),
+            });
         if let Err(e) = written {
             p.keys.truncate(lens.0);
             p.images.truncate(lens.1);
             p.views.truncate(lens.2);
-            p.targets.truncate(lens.3);
+            p.targets.resize(lens.3);
             return Err(e);
         }
         self.written_rows += p.rows;

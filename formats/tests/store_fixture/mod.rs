@@ -6,7 +6,7 @@
 use half::f16;
 use tinymim_formats::{
     content_key, Encoding, Hash32, ImageEntry, Normalization, QkvParams, RowMeta, StoreHeader,
-    TeacherGeometry, View, ViewRecipe,
+    Targets, TeacherGeometry, View, ViewRecipe,
 };
 
 /// A tiny teacher: 5 tokens, 2 heads of width 4.
@@ -109,14 +109,23 @@ pub fn row(header: &StoreHeader, image: &ImageEntry, view: View) -> RowMeta {
     }
 }
 
-/// One row of arbitrary float16 targets for `encoding`.
-pub fn targets(encoding: Encoding, seed: u64) -> Vec<f16> {
-    let n = encoding.row_len(&geometry());
-    Rng::new(seed)
-        .vec(n, 2.0)
-        .into_iter()
-        .map(f16::from_f64)
-        .collect()
+/// One row of arbitrary targets for `encoding`: float16 values, or (`ln1-int8`) int8 values
+/// with positive per-channel scales.
+pub fn targets(encoding: Encoding, seed: u64) -> Targets {
+    let g = geometry();
+    let mut rng = Rng::new(seed);
+    let n = encoding.row_len(&g);
+    match encoding {
+        Encoding::Ln1Int8 => Targets::Int8 {
+            values: (0..n)
+                .map(|_| (127.0 * rng.uniform()).round() as i8)
+                .collect(),
+            scales: (0..encoding.scale_len(&g))
+                .map(|_| f16::from_f64(0.03 + 0.02 * rng.uniform()))
+                .collect(),
+        },
+        _ => Targets::Half(rng.vec(n, 2.0).into_iter().map(f16::from_f64).collect()),
+    }
 }
 
 /// `count` rows over images `first_image..`, two views per image, with their targets.
@@ -124,7 +133,7 @@ pub fn rows(
     header: &StoreHeader,
     first_image: u64,
     count: u64,
-) -> Vec<(ImageEntry, RowMeta, Vec<f16>)> {
+) -> Vec<(ImageEntry, RowMeta, Targets)> {
     (0..count)
         .map(|i| {
             let image = image(first_image + i / 2);
@@ -133,4 +142,17 @@ pub fn rows(
             (image, meta, targets(header.encoding, seed))
         })
         .collect()
+}
+
+/// The bit patterns of stored targets, for exact comparisons: values (int8 as bytes), then
+/// scales.
+pub fn bits(targets: &Targets) -> Vec<u16> {
+    match targets {
+        Targets::Half(values) => values.iter().map(|v| v.to_bits()).collect(),
+        Targets::Int8 { values, scales } => values
+            .iter()
+            .map(|&v| u16::from(v as u8))
+            .chain(scales.iter().map(|s| s.to_bits()))
+            .collect(),
+    }
 }

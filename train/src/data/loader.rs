@@ -7,9 +7,8 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use half::f16;
 use rayon::prelude::*;
-use tinymim_formats::StoreReader;
+use tinymim_formats::{StoreReader, Targets};
 
 use super::error::Result;
 use super::images::ImageCatalog;
@@ -29,8 +28,8 @@ pub enum TargetFeed {
 /// The targets of a micro-batch as the loader delivers them.
 #[derive(Clone, Debug)]
 pub enum Payload {
-    /// Raw float16 rows of the store's encoding, back to back.
-    Stored(Vec<f16>),
+    /// The stored rows, in the store's encoding, back to back.
+    Stored(Targets),
     /// The teacher's input `[B, 3, S, S]` (no jitter).
     TeacherPixels(Vec<f32>),
 }
@@ -93,8 +92,12 @@ pub fn load_rows(spec: &LoaderSpec, rows: Vec<Row>, epoch: u64) -> Result<Loaded
                     let i = r.store_row.expect("cache rows carry their store row");
                     Ok(reader.targets(i)?)
                 })
-                .collect::<Result<Vec<Vec<f16>>>>()?;
-            Payload::Stored(parts.concat())
+                .collect::<Result<Vec<Targets>>>()?;
+            let mut targets = reader.header().encoding.no_targets();
+            for part in &parts {
+                targets.append(part);
+            }
+            Payload::Stored(targets)
         }
         TargetFeed::Teacher(teacher) => {
             Payload::TeacherPixels(render_rows(&images, &rows, epoch, teacher)?)

@@ -1,10 +1,13 @@
-//! Stored targets to relation maps on the training device: the raw float16 rows of any
-//! encoding decode to `(R_QK, R_VV)`, each `[B, H, N, N]` f32 (TINYMIM.md, "Relation maps").
+//! Stored targets to relation maps on the training device: the stored rows of any encoding
+//! decode to `(R_QK, R_VV)`, each `[B, H, N, N]` f32 (TINYMIM.md, "Relation maps").
 //!
 //! - `maps`: the stored maps themselves;
 //! - `qkv`: softmax(q·kᵀ·d^-½) and softmax(v·vᵀ·d^-½) of the stored q, k, v;
 //! - `ln1`: q, k, v = X̂Wᵀ + b from the stored LN1 output and the store's qkv weight and bias,
-//!   then as `qkv`.
+//!   then as `qkv`;
+//! - `ln1-int8`: X̂ = value · scale (the row's per-channel scales) first, then as `ln1`. The
+//!   int8 values travel to the device as they are stored (one byte each; candle has no i8, so
+//!   as u8, sign restored there).
 //!
 //! From `qkv` and `ln1` rows the maps can be formed with any split of the teacher's width D into
 //! relation heads H' (`train --relation-heads`, MiniLMv2's relation heads): q, k and v are
@@ -13,14 +16,13 @@
 //! cannot be re-split.
 
 use candle_core::{DType, Device, Tensor};
-use half::f16;
-use tinymim_formats::{Encoding, QkvParams, StoreError, StoreHeader};
+use tinymim_formats::{Encoding, QkvParams, StoreError, StoreHeader, Targets};
 
 use super::error::{DataError, Result};
 use crate::model::fused::softmax_last_dim;
 use crate::model::HeadsQkv;
 
-/// Decodes a store's raw rows into relation maps on one device.
+/// Decodes a store's rows into relation maps on one device.
 #[derive(Clone, Debug)]
 pub struct TargetDecoder {
     encoding: Encoding,
@@ -63,15 +65,14 @@ impl TargetDecoder {
                  split can be formed from"
             )));
         }
-        let projection = match header.encoding {
-            Encoding::Ln1 => {
-                let params = qkv.ok_or(StoreError::MissingQkvParams)?;
-                params.views(dim)?;
-                let weight = Tensor::from_slice(&params.weight, (3 * dim, dim), device)?;
-                let bias = Tensor::from_slice(&params.bias, 3 * dim, device)?;
-                Some((weight.t()?.contiguous()?, bias))
-            }
-            _ => None,
+        let projection = if header.encoding.stores_ln1() {
+            let params = qkv.ok_or(StoreError::MissingQkvParams)?;
+            params.views(dim)?;
+            let weight = Tensor::from_slice(&params.weight, (3 * dim, dim), device)?;
+            let bias = Tensor::from_slice(&params.bias, 3 * dim, device)?;
+            Some((weight.t()?.contiguous()?, bias))
+        } else {
+            None
         };
         Ok(TargetDecoder {
             encoding: header.encoding,
@@ -89,32 +90,83 @@ impl TargetDecoder {
         self.heads
     }
 
-    /// Values of one raw row.
+    /// Values of one stored row.
     pub fn row_len(&self) -> usize {
         let (h, n, d) = (self.stored_heads, self.tokens, self.dim / self.stored_heads);
         match self.encoding {
             Encoding::Maps => 2 * h * n * n,
             Encoding::Qkv => 3 * h * n * d,
-            Encoding::Ln1 => n * self.dim,
+            Encoding::Ln1 | Encoding::Ln1Int8 => n * self.dim,
         }
     }
 
-    /// The relation maps `(R_QK, R_VV)`, each `[B, H, N, N]` f32, of `raw` holding `B` rows
-    /// back to back.
-    pub fn decode(&self, raw: &[f16]) -> Result<(Tensor, Tensor)> {
-        let len = self.row_len();
-        if raw.is_empty() || !raw.len().is_multiple_of(len) {
-            return Err(StoreError::Length {
-                what: format!("a batch of `{}` target rows", self.encoding),
-                expected: len * (raw.len() / len).max(1),
-                got: raw.len(),
+    /// Scales of one stored row (`ln1-int8`: one per channel; else none).
+    fn scale_len(&self) -> usize {
+        if self.encoding == Encoding::Ln1Int8 {
+            self.dim
+        } else {
+            0
+        }
+    }
+
+    /// The number of rows in `targets`, checked against the encoding's element type and row
+    /// lengths.
+    fn rows_in(&self, targets: &Targets) -> Result<usize> {
+        let what = format!("a batch of `{}` target rows", self.encoding);
+        if targets.dtype() != self.encoding.dtype() {
+            return Err(StoreError::Mismatch {
+                what: format!("the element type of {what}"),
+                store: self.encoding.dtype().to_string(),
+                writer: targets.dtype().to_string(),
             }
             .into());
         }
-        let b = raw.len() / len;
+        let (len, scale_len) = (self.row_len(), self.scale_len());
+        let (values, scales) = targets.lens();
+        let b = values / len;
+        for (what, per_row, got) in [
+            (what.clone(), len, values),
+            (format!("{what} (scales)"), scale_len, scales),
+        ] {
+            if b == 0 || got != per_row * b {
+                return Err(StoreError::Length {
+                    what,
+                    expected: per_row * b.max(1),
+                    got,
+                }
+                .into());
+            }
+        }
+        Ok(b)
+    }
+
+    /// The stored values on the device as f32 `[total values]`: float16 widened; int8 with
+    /// its sign restored and times its channel's scale.
+    fn values_on_device(&self, targets: &Targets, b: usize) -> Result<Tensor> {
+        match targets {
+            Targets::Half(values) => {
+                Ok(Tensor::from_slice(values, values.len(), &self.device)?.to_dtype(DType::F32)?)
+            }
+            Targets::Int8 { values, scales } => {
+                let bytes: &[u8] = bytemuck::cast_slice(values);
+                let unsigned = Tensor::from_slice(bytes, (b, self.tokens, self.dim), &self.device)?;
+                // Two's complement: bytes from 128 up stand for value − 256.
+                let negative = unsigned.ge(128u8)?.to_dtype(DType::F32)?;
+                let signed = (unsigned.to_dtype(DType::F32)? - (negative * 256.0)?)?;
+                let scales = Tensor::from_slice(scales, (b, 1, self.dim), &self.device)?
+                    .to_dtype(DType::F32)?;
+                Ok(signed.broadcast_mul(&scales)?.flatten_all()?)
+            }
+        }
+    }
+
+    /// The relation maps `(R_QK, R_VV)`, each `[B, H, N, N]` f32, of `targets` holding `B`
+    /// rows back to back.
+    pub fn decode(&self, targets: &Targets) -> Result<(Tensor, Tensor)> {
+        let b = self.rows_in(targets)?;
         let (h, n, d) = (self.stored_heads, self.tokens, self.dim / self.stored_heads);
         let (rh, rd) = (self.heads, self.dim / self.heads);
-        let values = Tensor::from_slice(raw, raw.len(), &self.device)?.to_dtype(DType::F32)?;
+        let values = self.values_on_device(targets, b)?;
         match (self.encoding, &self.projection) {
             (Encoding::Maps, _) => {
                 let maps = values.reshape((b, 2, h, n, n))?;
@@ -136,7 +188,7 @@ impl TargetDecoder {
                 };
                 relation_maps(&heads)
             }
-            (Encoding::Ln1, Some((weight_t, bias))) => {
+            (Encoding::Ln1 | Encoding::Ln1Int8, Some((weight_t, bias))) => {
                 let qkv = values
                     .reshape((b * n, self.dim))?
                     .matmul(weight_t)?
@@ -150,7 +202,7 @@ impl TargetDecoder {
                 };
                 relation_maps(&heads)
             }
-            (Encoding::Ln1, None) => Err(StoreError::MissingQkvParams.into()),
+            (Encoding::Ln1 | Encoding::Ln1Int8, None) => Err(StoreError::MissingQkvParams.into()),
         }
     }
 }

@@ -10,7 +10,7 @@ use half::f16;
 use tinymim_formats::view::sample_views;
 use tinymim_formats::{
     content_key, Encoding, Hash32, ImageEntry, RelationStore, RowMeta, SourceImage, StoreHeader,
-    ViewRecipe,
+    Targets, ViewRecipe,
 };
 use tinymim_train::config::VitConfig;
 use tinymim_train::data::scan_images;
@@ -143,14 +143,15 @@ pub fn write_store(
             let pixels = Tensor::from_vec(pixels, (1, 3, s, s), &Device::Cpu).unwrap();
             let (qk, vv) = teacher.maps(&pixels).unwrap();
             let maps = Tensor::stack(&[qk.squeeze(0).unwrap(), vv.squeeze(0).unwrap()], 0).unwrap();
-            let targets: Vec<f16> = maps
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .into_iter()
-                .map(f16::from_f32)
-                .collect();
+            let targets = Targets::Half(
+                maps.flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .into_iter()
+                    .map(f16::from_f32)
+                    .collect(),
+            );
             let key = content_key(
                 &header.teacher,
                 geometry.target_block,
