@@ -165,6 +165,16 @@ fn main() -> anyhow::Result<()> {
         let jitter = ColorJitter::draw(0, 0, &hash, view);
         jitter_and_normalize(&rgb, &jitter, &Normalization::IMAGENET, &mut out);
     });
+    // Its two parts alone: the crop + resize + flip, and the jitter + normalisation.
+    let resize_rate = per_core(400, |i| {
+        image
+            .render_rgb(&views[i % views.len()], size, &mut rgb)
+            .expect("renders");
+    });
+    let jitter_rate = per_core(400, |i| {
+        let jitter = ColorJitter::draw(0, 0, &hash, &views[i % views.len()]);
+        jitter_and_normalize(&rgb, &jitter, &Normalization::IMAGENET, &mut out);
+    });
 
     println!(
         "{}",
@@ -174,11 +184,13 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({"bench": "loader", "stage": "render_jitter", "size": size,
-            "per_core_per_s": render_rate})
+            "per_core_per_s": render_rate, "resize_only_per_core_per_s": resize_rate,
+            "jitter_only_per_core_per_s": jitter_rate})
     );
     eprintln!(
         "one core: JPEG 500×333 ({} kB) decode {jpeg_rate:.0}/s; view render + jitter at \
-         {size} px {render_rate:.0}/s",
+         {size} px {render_rate:.0}/s (resize alone {resize_rate:.0}/s, jitter + normalise \
+         alone {jitter_rate:.0}/s)",
         jpeg.len() / 1000
     );
     eprintln!(

@@ -74,36 +74,40 @@ impl ColorJitter {
         }
     }
 
-    /// Applies the jitter in place to interleaved RGB (HWC) values in `[0, 1]`.
-    pub fn apply(&self, rgb: &mut [f32]) {
-        for adjustment in self.order {
-            match adjustment {
-                Adjustment::Brightness => {
-                    let f = self.brightness;
-                    rgb.iter_mut().for_each(|x| *x = (f * *x).clamp(0.0, 1.0));
-                }
-                Adjustment::Contrast => {
-                    let pixels = (rgb.len() / 3).max(1) as f64;
-                    let sum: f64 = rgb.chunks_exact(3).map(|p| f64::from(gray(p))).sum();
-                    blend(rgb, self.contrast, |_| (sum / pixels) as f32);
-                }
-                Adjustment::Saturation => blend(rgb, self.saturation, gray),
-            }
+    /// The factor of `adjustment`.
+    fn factor(&self, adjustment: Adjustment) -> f32 {
+        match adjustment {
+            Adjustment::Brightness => self.brightness,
+            Adjustment::Contrast => self.contrast,
+            Adjustment::Saturation => self.saturation,
         }
     }
 }
 
 /// torchvision's `rgb_to_grayscale` of one RGB pixel.
-fn gray(p: &[f32]) -> f32 {
+fn gray(p: &[f32; 3]) -> f32 {
     0.2989 * p[0] + 0.587 * p[1] + 0.114 * p[2]
 }
 
-/// `f·x + (1 − f)·other(pixel)`, clamped to `[0, 1]`, for every channel of every pixel.
-fn blend(rgb: &mut [f32], f: f32, other: impl Fn(&[f32]) -> f32) {
-    for p in rgb.chunks_exact_mut(3) {
-        let o = (1.0 - f) * other(p);
-        p.iter_mut().for_each(|x| *x = (f * *x + o).clamp(0.0, 1.0));
+/// One pixel after `adjustments` with their factors; `mean_gray` is the image's mean
+/// grayscale at the contrast step (unused by the others).
+fn adjust(mut p: [f32; 3], adjustments: &[(Adjustment, f32)], mean_gray: f32) -> [f32; 3] {
+    for &(adjustment, f) in adjustments {
+        // Brightness blends with black: f·x + (1 − f)·0.
+        let other = match adjustment {
+            Adjustment::Brightness => None,
+            Adjustment::Contrast => Some(mean_gray),
+            Adjustment::Saturation => Some(gray(&p)),
+        };
+        match other {
+            None => p.iter_mut().for_each(|x| *x = (f * *x).clamp(0.0, 1.0)),
+            Some(other) => {
+                let o = (1.0 - f) * other;
+                p.iter_mut().for_each(|x| *x = (f * *x + o).clamp(0.0, 1.0));
+            }
+        }
     }
+    p
 }
 
 /// Jitters 8-bit RGB pixels (HWC) and writes them normalised as CHW planes into `out`
@@ -114,12 +118,29 @@ pub fn jitter_and_normalize(
     norm: &Normalization,
     out: &mut [f32],
 ) {
-    let mut values: Vec<f32> = rgb.iter().map(|&p| f32::from(p) / 255.0).collect();
-    jitter.apply(&mut values);
-    let plane = values.len() / 3;
-    for (i, p) in values.chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            out[c * plane + i] = (p[c] - norm.mean[c]) / norm.std[c];
+    // Every adjustment is per pixel except contrast, which needs the mean gray of the image
+    // as the adjustments before it left it. So two passes over the pixels, no buffer: the
+    // first sums that gray, the second applies all three and normalises. Each pixel goes
+    // through the same f32 operations in the same order as whole-image passes would.
+    let steps = jitter.order.map(|a| (a, jitter.factor(a)));
+    let contrast = steps
+        .iter()
+        .position(|(a, _)| *a == Adjustment::Contrast)
+        .expect("the three adjustments include contrast");
+    let before = &steps[..contrast];
+    let pixel = |p: &[u8]| [p[0], p[1], p[2]].map(|v| f32::from(v) / 255.0);
+    let pixels = rgb.len() / 3;
+    let sum: f64 = rgb
+        .chunks_exact(3)
+        .map(|p| f64::from(gray(&adjust(pixel(p), before, 0.0))))
+        .sum();
+    let mean_gray = (sum / pixels.max(1) as f64) as f32;
+    let (r, rest) = out.split_at_mut(pixels);
+    let (g, b) = rest.split_at_mut(pixels);
+    for (i, p) in rgb.chunks_exact(3).enumerate() {
+        let x = adjust(pixel(p), &steps, mean_gray);
+        for (c, plane) in [&mut *r, &mut *g, &mut *b].into_iter().enumerate() {
+            plane[i] = (x[c] - norm.mean[c]) / norm.std[c];
         }
     }
 }

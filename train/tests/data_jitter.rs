@@ -116,3 +116,65 @@ fn draws_are_seeded_per_epoch_and_view_within_range_in_every_order() {
     }
     assert_eq!(orders.len(), 6, "all orders of the three adjustments occur");
 }
+
+/// The jitter as whole-image passes in f32, one adjustment after the other over all pixels,
+/// then normalised to CHW: the straightforward order of operations the fused two-pass
+/// implementation must reproduce bit for bit (resumed runs and earlier stores see the same data).
+fn whole_image_passes(rgb: &[u8], j: &ColorJitter, norm: &Normalization) -> Vec<f32> {
+    let gray = |p: &[f32]| 0.2989 * p[0] + 0.587 * p[1] + 0.114 * p[2];
+    let mut img: Vec<f32> = rgb.iter().map(|&p| f32::from(p) / 255.0).collect();
+    for a in j.order {
+        match a {
+            Adjustment::Brightness => img
+                .iter_mut()
+                .for_each(|x| *x = (j.brightness * *x).clamp(0.0, 1.0)),
+            Adjustment::Contrast => {
+                let sum: f64 = img.chunks(3).map(|p| f64::from(gray(p))).sum();
+                let o = (1.0 - j.contrast) * (sum / (img.len() / 3) as f64) as f32;
+                img.iter_mut()
+                    .for_each(|x| *x = (j.contrast * *x + o).clamp(0.0, 1.0));
+            }
+            Adjustment::Saturation => {
+                for p in img.chunks_mut(3) {
+                    let o = (1.0 - j.saturation) * gray(p);
+                    p.iter_mut()
+                        .for_each(|x| *x = (j.saturation * *x + o).clamp(0.0, 1.0));
+                }
+            }
+        }
+    }
+    let plane = img.len() / 3;
+    let mut out = vec![0f32; img.len()];
+    for (i, p) in img.chunks(3).enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = (p[c] - norm.mean[c]) / norm.std[c];
+        }
+    }
+    out
+}
+
+#[test]
+fn the_fused_jitter_equals_whole_image_passes_bit_for_bit_in_every_order() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    // Bright pixels too, so that brightness before contrast clamps and moves the mean.
+    let rgb: Vec<u8> = (0..3 * 24 * 20)
+        .map(|i| if i % 7 == 0 { 250 } else { rng.random() })
+        .collect();
+    let norm = Normalization::IMAGENET;
+    let mut orders = std::collections::HashSet::new();
+    for epoch in 0..40 {
+        let j = ColorJitter::draw(5, epoch, &Hash32::of_bytes(b"fused"), &view(2));
+        orders.insert(format!("{:?}", j.order));
+        let mut got = vec![0f32; rgb.len()];
+        jitter_and_normalize(&rgb, &j, &norm, &mut got);
+        let want = whole_image_passes(&rgb, &j, &norm);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&got),
+            bits(&want),
+            "epoch {epoch}, order {:?}",
+            j.order
+        );
+    }
+    assert_eq!(orders.len(), 6, "every order is checked");
+}
