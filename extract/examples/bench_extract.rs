@@ -9,14 +9,14 @@
 //!
 //! and prints views/s of each and their ratio as JSON lines, plus a table on stderr.
 //!
-//! It also measures what each encoding's float16 storage costs in fidelity: for a sample of
-//! stored rows it re-renders the row's view, runs the teacher on it and computes the exact
-//! f32 relation maps (`relation_maps`, TINYMIM.md), decodes the stored row to maps, and
-//! reports the mean over rows of KL(exact ‖ decoded) (each row's KL is the mean over its
-//! 2·H·N query rows of the sum over keys, as in the loss) and the largest absolute error of a
-//! probability (`common/fidelity.rs`). A decoded probability of exactly 0 (only `maps` stores
-//! them: values at or under 2⁻²⁵ round to 0 in float16) is counted as 2⁻²⁵, the largest value
-//! that rounds to 0; the share of such entries is reported beside it.
+//! It also measures what each encoding's storage (float16, or 8 bits for `ln1-int8`) costs in
+//! fidelity: for a sample of stored rows it re-renders the row's view, runs the teacher on it
+//! and computes the exact f32 relation maps (`relation_maps`, TINYMIM.md), decodes the stored
+//! row to maps, and reports the mean over rows of KL(exact ‖ decoded) (each row's KL is the mean
+//! over its 2·H·N query rows of the sum over keys, as in the loss) and the largest absolute
+//! error of a probability (`common/fidelity.rs`). A decoded probability of exactly 0 (only
+//! `maps` stores them: values at or under 2⁻²⁵ round to 0 in float16) is counted as 2⁻²⁵, the
+//! largest value that rounds to 0; the share of such entries is reported beside it.
 //!
 //! ```text
 //! cargo run -p tinymim-extract --example bench_extract -- [VIEWS_PER_IMAGE] [BATCH] [THREADS]

@@ -11,8 +11,11 @@
 //!
 //! ```text
 //! cargo run --release -p tinymim-train --example bench_loader -- [--views-per-image 4]
-//!     [--gpu-views-per-s 3000] [--rows 64]
+//!     [--gpu-views-per-s 3000] [--rows 64] [--cold]
 //! ```
+//!
+//! `--cold` empties the page cache before each timed pass of store reads (root only), so that
+//! they come from the disk as on a first epoch over a store larger than memory.
 //!
 //! The JPEG is ImageNet-sized: a cached photo resized to 500×333 and encoded at quality 90 by
 //! the `image` crate. Store rows hold random values (float16 in [-2, 2), or such rows quantised
@@ -131,6 +134,17 @@ fn random_store(
     Ok(path)
 }
 
+/// Empties the kernel's page cache (`--cold`: store reads then come from the disk; needs root).
+fn drop_page_cache() -> anyhow::Result<()> {
+    let synced = std::process::Command::new("sync").status()?;
+    anyhow::ensure!(synced.success(), "sync failed");
+    std::fs::write("/proc/sys/vm/drop_caches", "1").map_err(|e| {
+        anyhow::anyhow!(
+            "--cold empties the page cache through /proc/sys/vm/drop_caches: {e} (needs root)"
+        )
+    })
+}
+
 fn cache() -> PathBuf {
     std::env::var_os("TINYMIM_CACHE")
         .map(PathBuf::from)
@@ -141,6 +155,7 @@ fn main() -> anyhow::Result<()> {
     let k = common::number("--views-per-image", 4);
     let gpu_rate = common::number("--gpu-views-per-s", 3000) as f64;
     let rows = common::number("--rows", 64);
+    let cold = common::switch("--cold");
     let size = 224u32;
 
     // Source decode: an ImageNet-sized JPEG.
@@ -218,9 +233,11 @@ fn main() -> anyhow::Result<()> {
         let reader = opened.reader()?;
         let mut shuffled: Vec<usize> = (0..n).collect();
         shuffled.shuffle(&mut ChaCha8Rng::seed_from_u64(11));
+        cold.then(drop_page_cache).transpose()?;
         let read_rate = per_core(n, |i| {
             reader.targets(shuffled[i % n]).expect("reads");
         });
+        cold.then(drop_page_cache).transpose()?;
         let store_order_rate = per_core(n, |i| {
             reader.targets(i % n).expect("reads");
         });

@@ -85,29 +85,35 @@ impl ColorJitter {
 }
 
 /// torchvision's `rgb_to_grayscale` of one RGB pixel.
-fn gray(p: &[f32; 3]) -> f32 {
+fn gray(p: &[f32]) -> f32 {
     0.2989 * p[0] + 0.587 * p[1] + 0.114 * p[2]
 }
 
-/// One pixel after `adjustments` with their factors; `mean_gray` is the image's mean
-/// grayscale at the contrast step (unused by the others).
-fn adjust(mut p: [f32; 3], adjustments: &[(Adjustment, f32)], mean_gray: f32) -> [f32; 3] {
-    for &(adjustment, f) in adjustments {
-        // Brightness blends with black: f·x + (1 − f)·0.
-        let other = match adjustment {
-            Adjustment::Brightness => None,
-            Adjustment::Contrast => Some(mean_gray),
-            Adjustment::Saturation => Some(gray(&p)),
-        };
-        match other {
-            None => p.iter_mut().for_each(|x| *x = (f * *x).clamp(0.0, 1.0)),
-            Some(other) => {
-                let o = (1.0 - f) * other;
-                p.iter_mut().for_each(|x| *x = (f * *x + o).clamp(0.0, 1.0));
+/// Pixels per block of [`jitter_and_normalize`]: small enough to stay in the L1 cache.
+const BLOCK: usize = 256;
+
+/// Applies `steps` (adjustments with their factors) to a block of interleaved RGB values in
+/// `[0, 1]`, one adjustment over the whole block at a time; `mean_gray` is the image's mean
+/// grayscale at the contrast step. Each is torchvision's blend `f·x + (1 − f)·other`, clamped.
+fn adjust(block: &mut [f32], steps: &[(Adjustment, f32)], mean_gray: f32) {
+    for &(adjustment, f) in steps {
+        match adjustment {
+            // A blend with black.
+            Adjustment::Brightness => block.iter_mut().for_each(|x| *x = (f * *x).clamp(0.0, 1.0)),
+            Adjustment::Contrast => {
+                let o = (1.0 - f) * mean_gray;
+                block
+                    .iter_mut()
+                    .for_each(|x| *x = (f * *x + o).clamp(0.0, 1.0));
+            }
+            Adjustment::Saturation => {
+                for p in block.chunks_exact_mut(3) {
+                    let o = (1.0 - f) * gray(p);
+                    p.iter_mut().for_each(|x| *x = (f * *x + o).clamp(0.0, 1.0));
+                }
             }
         }
     }
-    p
 }
 
 /// Jitters 8-bit RGB pixels (HWC) and writes them normalised as CHW planes into `out`
@@ -118,29 +124,44 @@ pub fn jitter_and_normalize(
     norm: &Normalization,
     out: &mut [f32],
 ) {
-    // Every adjustment is per pixel except contrast, which needs the mean gray of the image
-    // as the adjustments before it left it. So two passes over the pixels, no buffer: the
-    // first sums that gray, the second applies all three and normalises. Each pixel goes
-    // through the same f32 operations in the same order as whole-image passes would.
+    // Every adjustment is per pixel except contrast, which needs the mean gray of the image as
+    // the adjustments before it left it. So two passes over the view in blocks that stay in
+    // cache, and no float copy of the view: the first sums that gray, the second applies all
+    // three and normalises. Every value goes through the same f32 operations in the same order,
+    // and the gray is summed in the same order, as with whole-image passes.
     let steps = jitter.order.map(|a| (a, jitter.factor(a)));
     let contrast = steps
         .iter()
         .position(|(a, _)| *a == Adjustment::Contrast)
         .expect("the three adjustments include contrast");
-    let before = &steps[..contrast];
-    let pixel = |p: &[u8]| [p[0], p[1], p[2]].map(|v| f32::from(v) / 255.0);
-    let pixels = rgb.len() / 3;
-    let sum: f64 = rgb
-        .chunks_exact(3)
-        .map(|p| f64::from(gray(&adjust(pixel(p), before, 0.0))))
-        .sum();
-    let mean_gray = (sum / pixels.max(1) as f64) as f32;
-    let (r, rest) = out.split_at_mut(pixels);
-    let (g, b) = rest.split_at_mut(pixels);
-    for (i, p) in rgb.chunks_exact(3).enumerate() {
-        let x = adjust(pixel(p), &steps, mean_gray);
-        for (c, plane) in [&mut *r, &mut *g, &mut *b].into_iter().enumerate() {
-            plane[i] = (x[c] - norm.mean[c]) / norm.std[c];
+    let mut block = [0f32; 3 * BLOCK];
+    let load = |bytes: &[u8], block: &mut [f32]| {
+        for (x, &p) in block.iter_mut().zip(bytes) {
+            *x = f32::from(p) / 255.0;
+        }
+    };
+    let mut sum = 0f64;
+    for bytes in rgb.chunks(3 * BLOCK) {
+        let block = &mut block[..bytes.len()];
+        load(bytes, block);
+        adjust(block, &steps[..contrast], 0.0);
+        for p in block.chunks_exact(3) {
+            sum += f64::from(gray(p));
+        }
+    }
+    let mean_gray = (sum / (rgb.len() / 3).max(1) as f64) as f32;
+    let plane = rgb.len() / 3;
+    for (b, bytes) in rgb.chunks(3 * BLOCK).enumerate() {
+        let block = &mut block[..bytes.len()];
+        load(bytes, block);
+        adjust(block, &steps, mean_gray);
+        for c in 0..3 {
+            let first = c * plane + b * BLOCK;
+            let dst = &mut out[first..first + bytes.len() / 3];
+            let (mean, std) = (norm.mean[c], norm.std[c]);
+            for (o, p) in dst.iter_mut().zip(block.chunks_exact(3)) {
+                *o = (p[c] - mean) / std;
+            }
         }
     }
 }
