@@ -88,9 +88,10 @@ pub struct TrainArgs {
     /// Teacher checkpoint (timm/MAE-named .safetensors or MAE .pth): targets computed online.
     #[arg(long, value_name = "CHECKPOINT")]
     pub teacher: Option<PathBuf>,
-    /// Relation heads the targets are formed with, from a `qkv` or `ln1` store: the teacher's
-    /// q, k, v split into H heads of width D / H, which the student's adaptive block uses too,
-    /// so one store serves every student width that H divides [default: the teacher's heads].
+    /// Relation heads the targets are formed with, from a `qkv`, `ln1` or `ln1-int8` store: the
+    /// teacher's q, k, v split into H heads of width D / H, which the student's adaptive block
+    /// uses too, so one store serves every student width that H divides [default: the
+    /// teacher's heads].
     /// Refused for a `maps` store (its maps are the teacher's own split). Online, the same is
     /// --teacher-heads.
     #[arg(long, value_name = "H", requires = "cache")]

@@ -122,8 +122,8 @@ impl VitConfig {
                 message: format!(
                     "the student's `dim` = {} is not divisible by the relation head count \
                      {relation_heads} (the teacher's, or --relation-heads); pick a student whose \
-                     width they divide, or (qkv and ln1 stores) --relation-heads H dividing both \
-                     widths",
+                     width they divide, or (qkv, ln1 and ln1-int8 stores) --relation-heads H \
+                     dividing both widths",
                     self.dim
                 ),
             });

@@ -77,8 +77,8 @@ pub enum SourceConfig {
     Cache {
         /// The store folder.
         store: PathBuf,
-        /// Relation heads the targets are formed with (`qkv` and `ln1` stores; `None`: the
-        /// teacher's), which the student's adaptive block then uses.
+        /// Relation heads the targets are formed with (`qkv`, `ln1` and `ln1-int8` stores;
+        /// `None`: the teacher's), which the student's adaptive block then uses.
         relation_heads: Option<usize>,
     },
     /// A teacher run in candle on every micro-batch.

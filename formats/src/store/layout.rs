@@ -370,7 +370,7 @@ pub(crate) fn replace_chunk<'a>(
     )
 }
 
-/// Creates the teacher's qkv parameter arrays of an `ln1` store.
+/// Creates the teacher's qkv parameter arrays of an `ln1` or `ln1-int8` store.
 pub(crate) fn write_qkv_params(
     storage: &Arc<Storage>,
     dim: u64,

@@ -199,7 +199,7 @@ impl RelationStore {
         &self.header
     }
 
-    /// The target block's qkv weight and bias (`ln1` stores only; `None` otherwise).
+    /// The target block's qkv weight and bias (`ln1` and `ln1-int8` stores only; `None` otherwise).
     pub fn qkv_params(&self) -> Result<Option<QkvParams>> {
         let params = layout::read_qkv_params(&self.storage).map_err(|e| e.within(&self.path))?;
         if let Some(p) = &params {

@@ -110,7 +110,8 @@ impl StoreReader {
         &self.header
     }
 
-    /// The target block's qkv weight and bias (`ln1` stores only), for decoding on a device.
+    /// The target block's qkv weight and bias (`ln1` and `ln1-int8` stores only), for decoding
+    /// on a device.
     pub fn qkv_params(&self) -> Option<&QkvParams> {
         self.qkv.as_ref()
     }

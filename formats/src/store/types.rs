@@ -26,7 +26,7 @@ pub struct StoreHeader {
     pub recipe: ViewRecipe,
 }
 
-/// The target block's qkv projection, stored once per `ln1` store.
+/// The target block's qkv projection, stored once per `ln1` and `ln1-int8` store.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QkvParams {
     /// Weight `[3D, D]`, row-major (rows: D of q, then D of k, then D of v).

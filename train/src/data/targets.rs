@@ -61,8 +61,8 @@ impl TargetDecoder {
             return Err(DataError::RelationHeads(format!(
                 "a `maps` store holds the teacher's relation maps for its own {stored_heads} \
                  heads, softmaxes that cannot be split into {heads}; train with the teacher's \
-                 {stored_heads} relation heads, or extract `qkv` or `ln1` targets, which any head \
-                 split can be formed from"
+                 {stored_heads} relation heads, or extract `qkv`, `ln1` or `ln1-int8` targets, \
+                 which any head split can be formed from"
             )));
         }
         let projection = if header.encoding.stores_ln1() {
