@@ -2,8 +2,9 @@
 # Validates and times the GPU paths in one call, on a GPU machine that has no network: it only
 # runs what was built and prepared elsewhere (scripts/build-cuda.sh, `--prepare`).
 #
-#   scripts/gpu_check.sh --prepare              here: build the check's data (a real DINOv2-S
-#                                               `ln1` store of the bundled photos) into
+#   scripts/gpu_check.sh --prepare              here: build the check's data (real DINOv2-S
+#                                               `ln1` and `ln1-int8` stores of the bundled
+#                                               photos) into
 #                                               target/cuda/gpu-check/
 #   scripts/gpu_check.sh                        on the GPU machine, with target/cuda/carry (the
 #                                               xz-compressed binaries, unpacked into
@@ -15,7 +16,8 @@
 #   1. step parity: the CUDA step vs the CPU step, f32 (1e-4) and bf16 (2e-2), loss and every
 #      gradient (device_check);
 #   2. training from the store on the device vs the CPU, same seed and command: both losses
-#      fall, and per step they agree (train);
+#      fall, and per step they agree (train), from the `ln1` store and from the `ln1-int8` one
+#      (its int8 rows decoded on the device);
 #   3. the student step for vit-tiny/small/base at batch 256/256/128 in f32 and bf16, candle vs
 #      PyTorch eager and torch.compile on the same model, batch and precision (student_speed,
 #      bench_torch_step.py);
@@ -59,13 +61,15 @@ if [ "$mode" = prepare ]; then
   rm -rf "$data"
   mkdir -p "$data"
   cp -r "$cache/photos" "$data/photos"
-  "$extract" --teacher "$cache/teachers/vit_s_focus.onnx" --config configs/teachers/dinov2-small.toml \
-    --images "$data/photos" --views 4 --encoding ln1 --out "$data/relations.zarr" --quiet >/dev/null
+  for encoding in ln1 ln1-int8; do
+    "$extract" --teacher "$cache/teachers/vit_s_focus.onnx" --config configs/teachers/dinov2-small.toml \
+      --images "$data/photos" --views 4 --encoding "$encoding" --out "$data/$encoding.zarr" --quiet >/dev/null
+  done
   log "prepared $data ($(du -sh "$data" | cut -f1)): carry it with $bin"
   exit 0
 fi
 
-[ -d "$data/relations.zarr" ] || { log "no check data in $data: run scripts/gpu_check.sh --prepare first"; exit 1; }
+[ -d "$data/ln1.zarr" ] && [ -d "$data/ln1-int8.zarr" ] || { log "no check data in $data: run scripts/gpu_check.sh --prepare first"; exit 1; }
 # The binaries as carried: compressed, next to the dist folder.
 carry="$root/target/cuda/carry"
 if [ ! -x "$bin/train" ] && [ -d "$carry" ] && [ "$bin" = "$root/target/cuda/dist" ]; then
@@ -153,7 +157,7 @@ step parity "$(exe device_check)" --device "$device" --preset vit-tiny --batch "
 # 1b. Dry run only: asking this build for a GPU where there is none fails with a sentence.
 cuda_refused() {
   local err="$out/cuda-refused.txt"
-  if "$(exe train)" --cache "$data/relations.zarr" --images "$data/photos" --image-size 256 \
+  if "$(exe train)" --cache "$data/ln1.zarr" --images "$data/photos" --image-size 256 \
       --epochs 1 --warmup-epochs 0 --max-steps 1 --device cuda:0 --quiet --out "$out/refused" 2> "$err"; then
     echo "train --device cuda:0 succeeded on a machine without a GPU" >&2; return 1
   fi
@@ -167,33 +171,35 @@ PY
 }
 [ "$mode" = dry ] && step cuda_refused cuda_refused
 
-# 2. Training from the store: the same command on the device and on the CPU.
+# 2. Training from a store: the same command on the device and on the CPU.
 train_on() {
-  local dev=$1
-  rm -rf "$out/train-$dev"
-  "$(exe train)" --cache "$data/relations.zarr" --images "$data/photos" --student vit-tiny \
+  local dev=$1 encoding=$2
+  rm -rf "$out/train-$encoding-$dev"
+  "$(exe train)" --cache "$data/$encoding.zarr" --images "$data/photos" --student vit-tiny \
     --image-size 256 --epochs 100 --warmup-epochs 1 --batch 8 --base-lr 1e-3 --max-steps "$steps" \
-    --precision f32 --no-jitter --device "$dev" --quiet --out "$out/train-$dev" >/dev/null
+    --precision f32 --no-jitter --device "$dev" --quiet --out "$out/train-$encoding-$dev" >/dev/null
 }
 compare_training() {
-  train_on "$device"
-  [ "$device" = cpu ] || train_on cpu
-  python3 - "$out" "$device" <<'PY'
+  local encoding=$1
+  train_on "$device" "$encoding"
+  [ "$device" = cpu ] || train_on cpu "$encoding"
+  python3 - "$out" "$device" "$encoding" <<'PY'
 import json, sys
-out, device = sys.argv[1:]
+out, device, encoding = sys.argv[1:]
 def losses(dev):
-    return [json.loads(l)["loss"] for l in open(f"{out}/train-{dev}/metrics.jsonl") if l.strip()]
+    return [json.loads(l)["loss"] for l in open(f"{out}/train-{encoding}-{dev}/metrics.jsonl") if l.strip()]
 dev, cpu = losses(device), losses("cpu")
 tail = lambda l: sum(l[-3:]) / len(l[-3:])
 gap = max(abs(a - b) / abs(b) for a, b in zip(dev, cpu))
 ok = len(dev) == len(cpu) and tail(dev) < dev[0] and tail(cpu) < cpu[0] and gap < 1e-2
-print(json.dumps({"check": "train_from_store", "device": device, "steps": len(dev),
+print(json.dumps({"check": "train_from_store", "encoding": encoding, "device": device, "steps": len(dev),
                   "loss_first": dev[0], "loss_last3": tail(dev), "cpu_loss_first": cpu[0],
                   "cpu_loss_last3": tail(cpu), "max_step_rel_gap": gap, "pass": ok}))
 sys.exit(0 if ok else 1)
 PY
 }
-step train_from_store compare_training
+step train_from_store compare_training ln1
+step train_from_int8_store compare_training ln1-int8
 
 # 3. The student step, candle vs PyTorch, same model, batch and precision.
 has_torch=0
