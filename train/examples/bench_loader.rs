@@ -16,6 +16,8 @@
 //!
 //! `--cold` empties the page cache before each timed pass of store reads (root only), so that
 //! they come from the disk as on a first epoch over a store larger than memory.
+//! `--read-store STORE` only times reads of an existing store's rows (random order, one core):
+//! real targets compress, random ones barely, and zstd decodes the two at different speeds.
 //!
 //! The JPEG is ImageNet-sized: a cached photo resized to 500×333 and encoded at quality 90 by
 //! the `image` crate. Store rows hold random values (float16 in [-2, 2), or such rows quantised
@@ -134,6 +136,35 @@ fn random_store(
     Ok(path)
 }
 
+/// Times random-order reads of every row of the store at `path`, on one core.
+fn time_reads(path: &Path) -> anyhow::Result<()> {
+    let store = RelationStore::open(path)?;
+    let reader = store.reader()?;
+    let n = reader.len();
+    anyhow::ensure!(n > 0, "{}: no committed rows", path.display());
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(11));
+    let rate = per_core(4 * n, |i| {
+        reader.targets(order[i % n]).expect("reads");
+    });
+    let h = store.header();
+    let raw = h.encoding.row_bytes(&h.geometry);
+    let disk = store.disk_bytes()? as f64 / n as f64;
+    eprintln!(
+        "{}: {n} rows of {} ({raw} bytes raw, {disk:.0} on disk per row with the store's \
+         metadata): {rate:.0} rows/s per core",
+        path.display(),
+        h.encoding
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "loader", "stage": "store_read_existing",
+            "store": path.display().to_string(), "encoding": h.encoding.name(),
+            "row_bytes": raw, "disk_bytes_per_row": disk, "per_core_rows_per_s": rate})
+    );
+    Ok(())
+}
+
 /// Empties the kernel's page cache (`--cold`: store reads then come from the disk; needs root).
 fn drop_page_cache() -> anyhow::Result<()> {
     let synced = std::process::Command::new("sync").status()?;
@@ -156,6 +187,9 @@ fn main() -> anyhow::Result<()> {
     let gpu_rate = common::number("--gpu-views-per-s", 3000) as f64;
     let rows = common::number("--rows", 64);
     let cold = common::switch("--cold");
+    if let Some(path) = common::flag("--read-store") {
+        return time_reads(Path::new(&path));
+    }
     let size = 224u32;
 
     // Source decode: an ImageNet-sized JPEG.
