@@ -4,6 +4,7 @@
 use half::f16;
 use serde::{Deserialize, Serialize};
 
+use crate::store::StoreError;
 use crate::teacher::TeacherGeometry;
 
 /// How a view's relation targets are stored. The float16 encodings decode to the same relation
@@ -105,6 +106,56 @@ impl Encoding {
     pub fn row_bytes(self, g: &TeacherGeometry) -> u64 {
         let value_bytes = if self == Encoding::Ln1Int8 { 1 } else { 2 };
         (value_bytes * self.row_len(g) + 2 * self.scale_len(g)) as u64
+    }
+
+    /// The number of rows `targets` holds, checked against this encoding: its element type (a
+    /// [`StoreError::Mismatch`]), a positive whole number of rows of values, and as many rows of
+    /// scales (each a [`StoreError::Length`]). `what` names the targets in the errors.
+    pub fn count_rows(
+        self,
+        g: &TeacherGeometry,
+        targets: &Targets,
+        what: &str,
+    ) -> Result<usize, StoreError> {
+        if targets.dtype() != self.dtype() {
+            return Err(StoreError::Mismatch {
+                what: format!("the element type of {what}"),
+                store: self.dtype().to_string(),
+                writer: targets.dtype().to_string(),
+            });
+        }
+        let (values, scales) = targets.lens();
+        let rows = values / self.row_len(g).max(1);
+        for (what, per_row, got) in [
+            (what.to_string(), self.row_len(g), values),
+            (format!("{what} (scales)"), self.scale_len(g), scales),
+        ] {
+            if rows == 0 || got != per_row * rows {
+                return Err(StoreError::Length {
+                    what,
+                    expected: per_row * rows.max(1),
+                    got,
+                });
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Like [`count_rows`](Self::count_rows), for exactly one row.
+    pub fn check_row(
+        self,
+        g: &TeacherGeometry,
+        targets: &Targets,
+        what: &str,
+    ) -> Result<(), StoreError> {
+        match self.count_rows(g, targets, what)? {
+            1 => Ok(()),
+            rows => Err(StoreError::Length {
+                what: what.to_string(),
+                expected: self.row_len(g),
+                got: rows * self.row_len(g),
+            }),
+        }
     }
 
     /// No rows of this encoding: the start of a batch that rows are appended to.

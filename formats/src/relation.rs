@@ -8,7 +8,7 @@ use ndarray::{s, Array2, Array4, ArrayView1, ArrayView2, ArrayView3, ArrayView4,
 use rayon::prelude::*;
 
 use crate::encoding::{Encoding, Targets};
-use crate::store::types::{check_geometry, check_len};
+use crate::store::types::check_geometry;
 use crate::store::{QkvParams, StoreError};
 use crate::teacher::TeacherGeometry;
 
@@ -101,20 +101,10 @@ pub fn decode_maps(
     qkv: Option<&QkvParams>,
 ) -> Result<Array4<f32>, StoreError> {
     check_geometry(geometry)?;
-    if targets.dtype() != encoding.dtype() {
-        return Err(StoreError::Mismatch {
-            what: format!("the element type of one `{encoding}` row"),
-            store: encoding.dtype().to_string(),
-            writer: targets.dtype().to_string(),
-        });
-    }
-    let what = format!("targets of one `{encoding}` row");
-    let (values, scales) = targets.lens();
-    check_len(&what, encoding.row_len(geometry), values)?;
-    check_len(
-        &format!("{what} (scales)"),
-        encoding.scale_len(geometry),
-        scales,
+    encoding.check_row(
+        geometry,
+        targets,
+        &format!("targets of one `{encoding}` row"),
     )?;
     let values = targets.to_f32(geometry.dim as usize);
     let shape: Vec<usize> = encoding

@@ -9,7 +9,7 @@ use std::path::Path;
 use store_fixture::{bits, geometry, header, image, qkv_params, rows};
 use tinymim_formats::{
     Encoding, Hash32, ImageEntry, QkvParams, RelationStore, RowMeta, SegmentWriter, StoreError,
-    StoreHeader, Targets, VerifyProblem,
+    StoreHeader, Targets, VerifyProblem, VerifyReport,
 };
 
 fn params_for(encoding: Encoding) -> Option<QkvParams> {
@@ -406,19 +406,32 @@ fn verify_finds_a_flipped_byte_in_a_shard() {
     let shard = dir.path().join(format!("segments/{id}/maps/c/1/0/0/0/0"));
     let bad_row = 4 + flip_a_byte_of_the_first_inner_chunk(&shard, 4);
 
-    let reader = RelationStore::open(dir.path()).unwrap().reader().unwrap();
+    let report = only_this_row_is_unreadable(
+        dir.path(),
+        &written,
+        bad_row,
+        &format!("segments/{id}/maps"),
+    );
+    assert_eq!(report.rows, 8);
+}
+
+/// Every row of the store at `path` but `bad_row` reads back as written; `bad_row` fails naming
+/// `array`, and `verify` reports it and nothing else. Returns the report.
+fn only_this_row_is_unreadable(
+    path: &Path,
+    written: &[(ImageEntry, RowMeta, Targets)],
+    bad_row: u64,
+    array: &str,
+) -> VerifyReport {
+    let reader = RelationStore::open(path).unwrap().reader().unwrap();
     for (i, (_, _, targets)) in written.iter().enumerate() {
         if i as u64 != bad_row {
-            assert_eq!(bits(&reader.targets(i).unwrap()), bits(targets));
+            assert_eq!(bits(&reader.targets(i).unwrap()), bits(targets), "row {i}");
         }
     }
     let err = reader.targets(bad_row as usize).unwrap_err();
-    assert!(
-        err.to_string().contains(&format!("segments/{id}/maps")),
-        "{err}"
-    );
+    assert!(err.to_string().contains(array), "{err}");
     let report = reader.verify().unwrap();
-    assert_eq!(report.rows, 8);
     let bad: Vec<u64> = report
         .problems
         .iter()
@@ -428,6 +441,7 @@ fn verify_finds_a_flipped_byte_in_a_shard() {
         })
         .collect();
     assert_eq!(bad, vec![bad_row], "{:?}", report.problems);
+    report
 }
 
 #[test]
@@ -607,25 +621,10 @@ fn an_int8_store_takes_int8_rows_with_their_scales_and_verifies_both() {
         &dir.path().join(format!("segments/{id}/scale/c/1/0")),
         4,
     ) + 4;
-    let reader = RelationStore::open(dir.path()).unwrap().reader().unwrap();
-    for (i, (_, _, targets)) in written.iter().enumerate() {
-        if i as u64 != bad_row {
-            assert_eq!(bits(&reader.targets(i).unwrap()), bits(targets), "row {i}");
-        }
-    }
-    let err = reader.targets(bad_row as usize).unwrap_err();
-    assert!(
-        err.to_string().contains(&format!("segments/{id}/scale")),
-        "{err}"
+    only_this_row_is_unreadable(
+        dir.path(),
+        &written,
+        bad_row,
+        &format!("segments/{id}/scale"),
     );
-    let report = reader.verify().unwrap();
-    let bad: Vec<u64> = report
-        .problems
-        .iter()
-        .map(|p| match p {
-            VerifyProblem::Unreadable { row, .. } => *row,
-            other => panic!("unexpected problem {other}"),
-        })
-        .collect();
-    assert_eq!(bad, vec![bad_row], "{:?}", report.problems);
 }

@@ -62,6 +62,16 @@ fn reference_maps(q: &[Vec<Vec<f64>>], k: &[Vec<Vec<f64>>], v: &[Vec<Vec<f64>>])
     out
 }
 
+/// A random qkv weight `[3D, D]` in ±0.5 and bias `[3D]` in ±0.2.
+fn random_qkv_params(rng: &mut ChaCha8Rng) -> QkvParams {
+    QkvParams {
+        weight: (0..3 * D * D)
+            .map(|_| rng.random_range(-0.5..0.5))
+            .collect(),
+        bias: (0..3 * D).map(|_| rng.random_range(-0.2..0.2)).collect(),
+    }
+}
+
 fn random_f16(n: usize, scale: f32, rng: &mut ChaCha8Rng) -> Vec<f16> {
     (0..n)
         .map(|_| f16::from_f32(rng.random_range(-scale..scale)))
@@ -139,12 +149,7 @@ fn qkv_rows_decode_like_the_references() {
 fn ln1_rows_decode_like_the_references() {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let h = header(Encoding::Ln1);
-    let params = QkvParams {
-        weight: (0..3 * D * D)
-            .map(|_| rng.random_range(-0.5..0.5))
-            .collect(),
-        bias: (0..3 * D).map(|_| rng.random_range(-0.2..0.2)).collect(),
-    };
+    let params = random_qkv_params(&mut rng);
     let len = Encoding::Ln1.row_len(&h.geometry);
     let raw = random_f16(2 * len, 2.0, &mut rng);
     let decoder = TargetDecoder::new(&h, Some(&params), None, &Device::Cpu).unwrap();
@@ -255,12 +260,7 @@ fn project(x: &[f64], params: &QkvParams) -> Vec<Vec<Vec<f64>>> {
 fn ln1_int8_rows_decode_like_the_references_with_every_byte_value() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let h = header(Encoding::Ln1Int8);
-    let params = QkvParams {
-        weight: (0..3 * D * D)
-            .map(|_| rng.random_range(-0.5..0.5))
-            .collect(),
-        bias: (0..3 * D).map(|_| rng.random_range(-0.2..0.2)).collect(),
-    };
+    let params = random_qkv_params(&mut rng);
     // Two rows: random bytes, and the extremes −128, −127, −1, 0, 1, 127 in every channel.
     let len = N * D;
     let mut values: Vec<i8> = (0..len).map(|_| rng.random::<i8>()).collect();
@@ -333,12 +333,7 @@ fn qkv_and_ln1_rows_form_maps_with_any_relation_head_split() {
 
     // ln1: q, k, v = X̂Wᵀ + b in f64, then split.
     let h = header(Encoding::Ln1);
-    let params = QkvParams {
-        weight: (0..3 * D * D)
-            .map(|_| rng.random_range(-0.5..0.5))
-            .collect(),
-        bias: (0..3 * D).map(|_| rng.random_range(-0.2..0.2)).collect(),
-    };
+    let params = random_qkv_params(&mut rng);
     let raw = random_f16(Encoding::Ln1.row_len(&h.geometry), 2.0, &mut rng);
     let x: Vec<f64> = raw.iter().map(|v| f64::from(v.to_f32())).collect();
     let projected = project(&x, &params);

@@ -8,7 +8,6 @@ use super::layout::{
     replace_chunk, row_chunk, write_array_metadata, zarr_err, ImageArrays, RowArrays, SegmentState,
     Storage,
 };
-use super::types::check_len;
 use super::{ImageEntry, Result, RowMeta, SegmentInfo, StoreError, StoreHeader};
 use crate::encoding::Targets;
 use crate::hash::{content_key, Hash32};
@@ -125,18 +124,9 @@ impl SegmentWriter {
     pub fn push(&mut self, row: RowMeta, targets: &Targets) -> Result<()> {
         self.write_full_shard()?;
         let segment = &self.id;
-        let dtype = self.header.encoding.dtype();
-        if targets.dtype() != dtype {
-            return Err(StoreError::Mismatch {
-                what: format!("the target dtype of segment {segment}"),
-                store: dtype.to_string(),
-                writer: targets.dtype().to_string(),
-            });
-        }
-        let (values, scales) = targets.lens();
+        let h = &self.header;
         let what = format!("segment {segment}: targets of row {}", self.rows());
-        check_len(&what, self.row_lens.0, values)?;
-        check_len(&format!("{what} (scales)"), self.row_lens.1, scales)?;
+        h.encoding.check_row(&h.geometry, targets, &what)?;
         if self.rows() >= self.state.capacity {
             return Err(StoreError::CapacityExceeded {
                 segment: segment.clone(),
@@ -149,7 +139,6 @@ impl SegmentWriter {
                 image: row.image,
             });
         }
-        let h = &self.header;
         let expected = content_key(
             &h.teacher,
             h.geometry.target_block,

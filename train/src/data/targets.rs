@@ -16,7 +16,7 @@
 //! cannot be re-split.
 
 use candle_core::{DType, Device, Tensor};
-use tinymim_formats::{Encoding, QkvParams, StoreError, StoreHeader, Targets};
+use tinymim_formats::{Encoding, QkvParams, StoreError, StoreHeader, Targets, TeacherGeometry};
 
 use super::error::{DataError, Result};
 use crate::model::fused::softmax_last_dim;
@@ -26,12 +26,10 @@ use crate::model::HeadsQkv;
 #[derive(Clone, Debug)]
 pub struct TargetDecoder {
     encoding: Encoding,
-    /// Heads of the stored rows (the teacher's).
-    stored_heads: usize,
+    /// The teacher's geometry: the stored rows' tokens, heads and width.
+    geometry: TeacherGeometry,
     /// Relation heads of the decoded maps.
     heads: usize,
-    tokens: usize,
-    dim: usize,
     /// Wᵀ `[D, 3D]` and b `[3D]` of the teacher's target block (`ln1` only).
     projection: Option<(Tensor, Tensor)>,
     device: Device,
@@ -76,10 +74,8 @@ impl TargetDecoder {
         };
         Ok(TargetDecoder {
             encoding: header.encoding,
-            stored_heads,
+            geometry: g.clone(),
             heads,
-            tokens: g.tokens as usize,
-            dim,
             projection,
             device: device.clone(),
         })
@@ -88,56 +84,6 @@ impl TargetDecoder {
     /// Relation heads of the decoded maps.
     pub fn heads(&self) -> usize {
         self.heads
-    }
-
-    /// Values of one stored row.
-    pub fn row_len(&self) -> usize {
-        let (h, n, d) = (self.stored_heads, self.tokens, self.dim / self.stored_heads);
-        match self.encoding {
-            Encoding::Maps => 2 * h * n * n,
-            Encoding::Qkv => 3 * h * n * d,
-            Encoding::Ln1 | Encoding::Ln1Int8 => n * self.dim,
-        }
-    }
-
-    /// Scales of one stored row (`ln1-int8`: one per channel; else none).
-    fn scale_len(&self) -> usize {
-        if self.encoding == Encoding::Ln1Int8 {
-            self.dim
-        } else {
-            0
-        }
-    }
-
-    /// The number of rows in `targets`, checked against the encoding's element type and row
-    /// lengths.
-    fn rows_in(&self, targets: &Targets) -> Result<usize> {
-        let what = format!("a batch of `{}` target rows", self.encoding);
-        if targets.dtype() != self.encoding.dtype() {
-            return Err(StoreError::Mismatch {
-                what: format!("the element type of {what}"),
-                store: self.encoding.dtype().to_string(),
-                writer: targets.dtype().to_string(),
-            }
-            .into());
-        }
-        let (len, scale_len) = (self.row_len(), self.scale_len());
-        let (values, scales) = targets.lens();
-        let b = values / len;
-        for (what, per_row, got) in [
-            (what.clone(), len, values),
-            (format!("{what} (scales)"), scale_len, scales),
-        ] {
-            if b == 0 || got != per_row * b {
-                return Err(StoreError::Length {
-                    what,
-                    expected: per_row * b.max(1),
-                    got,
-                }
-                .into());
-            }
-        }
-        Ok(b)
     }
 
     /// The stored values on the device as f32 `[total values]`: float16 widened; int8 with
@@ -149,12 +95,13 @@ impl TargetDecoder {
             }
             Targets::Int8 { values, scales } => {
                 let bytes: &[u8] = bytemuck::cast_slice(values);
-                let unsigned = Tensor::from_slice(bytes, (b, self.tokens, self.dim), &self.device)?;
+                let (n, dim) = (self.geometry.tokens as usize, self.geometry.dim as usize);
+                let unsigned = Tensor::from_slice(bytes, (b, n, dim), &self.device)?;
                 // Two's complement: bytes from 128 up stand for value − 256.
                 let negative = unsigned.ge(128u8)?.to_dtype(DType::F32)?;
                 let signed = (unsigned.to_dtype(DType::F32)? - (negative * 256.0)?)?;
-                let scales = Tensor::from_slice(scales, (b, 1, self.dim), &self.device)?
-                    .to_dtype(DType::F32)?;
+                let scales =
+                    Tensor::from_slice(scales, (b, 1, dim), &self.device)?.to_dtype(DType::F32)?;
                 Ok(signed.broadcast_mul(&scales)?.flatten_all()?)
             }
         }
@@ -163,9 +110,12 @@ impl TargetDecoder {
     /// The relation maps `(R_QK, R_VV)`, each `[B, H, N, N]` f32, of `targets` holding `B`
     /// rows back to back.
     pub fn decode(&self, targets: &Targets) -> Result<(Tensor, Tensor)> {
-        let b = self.rows_in(targets)?;
-        let (h, n, d) = (self.stored_heads, self.tokens, self.dim / self.stored_heads);
-        let (rh, rd) = (self.heads, self.dim / self.heads);
+        let what = format!("a batch of `{}` target rows", self.encoding);
+        let b = self.encoding.count_rows(&self.geometry, targets, &what)?;
+        let g = &self.geometry;
+        let (h, n, dim) = (g.heads as usize, g.tokens as usize, g.dim as usize);
+        let d = dim / h;
+        let (rh, rd) = (self.heads, dim / self.heads);
         let values = self.values_on_device(targets, b)?;
         match (self.encoding, &self.projection) {
             (Encoding::Maps, _) => {
@@ -190,7 +140,7 @@ impl TargetDecoder {
             }
             (Encoding::Ln1 | Encoding::Ln1Int8, Some((weight_t, bias))) => {
                 let qkv = values
-                    .reshape((b * n, self.dim))?
+                    .reshape((b * n, dim))?
                     .matmul(weight_t)?
                     .broadcast_add(bias)?
                     .reshape((b, n, 3, rh, rd))?
