@@ -126,13 +126,15 @@ unpack $SKLEARN_WHEEL "$cache/photos" \
 # (1,797 8×8 images, 10 classes), 30 per class written as PNGs under probe/<digit>/.
 unpack $SKLEARN_WHEEL "$cache/digits" sklearn/datasets/data/digits.csv.gz
 
-# Python for interoperability tests (zarr-python 3 reading our stores), the digits folder and the
-# loss plot (Pillow, matplotlib).
-if [ ! -x "$cache/venv/bin/python" ] || ! "$cache/venv/bin/python" -c 'import zarr, numpy, PIL, matplotlib' 2>/dev/null; then
-  log "creating $cache/venv with zarr-python, Pillow and matplotlib"
+# Python for interoperability tests (zarr-python 3 reading our stores, also over S3 through
+# s3fs), the S3-compatible test server (moto's server: a real S3 protocol endpoint on
+# 127.0.0.1), the digits folder and the loss plot (Pillow, matplotlib).
+if [ ! -x "$cache/venv/bin/python" ] || ! "$cache/venv/bin/python" -c 'import zarr, numpy, PIL, matplotlib, moto.server, s3fs' 2>/dev/null; then
+  log "creating $cache/venv with zarr-python, s3fs, moto, Pillow and matplotlib"
   "$PY" -m venv "$cache/venv"
   "$cache/venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    zarr==3.1.5 numpy==2.3.5 numcodecs==0.16.5 crc32c==2.8 pillow==12.0.0 matplotlib==3.10.7
+    zarr==3.1.5 numpy==2.3.5 numcodecs==0.16.5 crc32c==2.8 pillow==12.0.0 matplotlib==3.10.7 \
+    "moto[server]==5.2.5" s3fs==2026.9.0
 fi
 if [ ! -f "$cache/probe/.done" ]; then
   "$cache/venv/bin/python" "$root/scripts/make_probe_set.py" "$cache/digits/digits.csv.gz" "$cache/probe" 30

@@ -6,10 +6,12 @@ entries below `committed_images` are read. Targets are printed as their bit patt
 or int8 as bytes); an 8-bit store's scales too, and the values they stand for
 (value · scale[row, channel]) as float32.
 
-Usage: python read_store.py STORE
+Usage: python read_store.py STORE     (a folder, or s3://BUCKET/PREFIX read through s3fs with
+                                      the endpoint and credentials of the AWS_* variables)
 """
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -21,7 +23,12 @@ def hexes(rows):
 
 
 def main(path):
-    root = zarr.open_group(path, mode="r")
+    options = None
+    if path.startswith("s3://"):
+        options = {"anon": False}
+        if "AWS_ENDPOINT_URL" in os.environ:
+            options["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+    root = zarr.open_group(path, mode="r", storage_options=options)
     record = root.attrs["tinymim"]
     out = {"tinymim": record, "segments": []}
     if "teacher" in root:

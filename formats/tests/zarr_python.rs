@@ -2,10 +2,14 @@
 //! (one committed segment, one cut short after a checkpoint), runs `read_store.py` with the
 //! cache's Python and compares keys, views, targets (bit for bit; an 8-bit store's scales too,
 //! and the values they decode to), image tables and qkv parameters with what was written.
+//! The same check runs on a local folder and on an `s3://` store of a real S3-compatible server
+//! (moto's, see `support/s3.rs`), which zarr-python reads through s3fs.
 
 mod store_fixture;
+#[path = "support/s3.rs"]
+mod s3;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
@@ -41,14 +45,30 @@ fn hex_list(v: &Value) -> Vec<String> {
 
 #[test]
 fn zarr_python_reads_what_zarrs_wrote() {
-    let python = cache_python();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/read_store.py");
     for encoding in Encoding::ALL {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("relations.zarr");
+        writes_and_zarr_python_reads(encoding, &dir.path().join("relations.zarr"), &[]);
+    }
+}
+
+#[test]
+fn zarr_python_reads_what_zarrs_wrote_to_object_storage() {
+    let server = s3::server();
+    for encoding in Encoding::ALL {
+        let url = server.fresh_url(&format!("zarr-python-{encoding}"));
+        writes_and_zarr_python_reads(encoding, &url, &server.env());
+    }
+}
+
+/// Writes a store of `encoding` at `path` (a folder or an `s3://` URL), reads it with
+/// zarr-python (`env` added to its environment) and compares.
+fn writes_and_zarr_python_reads(encoding: Encoding, path: &Path, env: &[(&str, String)]) {
+    let python = cache_python();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/read_store.py");
+    {
         let header = header(encoding);
         let params = encoding.stores_ln1().then(|| qkv_params(3));
-        let store = RelationStore::create_or_open(&path, &header, params.as_ref()).unwrap();
+        let store = RelationStore::create_or_open(path, &header, params.as_ref()).unwrap();
 
         // Segment A: 7 rows in shards of 3 (the last one partly filled), committed.
         let committed = rows(&header, 0, 7);
@@ -72,7 +92,8 @@ fn zarr_python_reads_what_zarrs_wrote() {
 
         let output = Command::new(&python)
             .arg(&script)
-            .arg(&path)
+            .arg(path)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap();
         assert!(

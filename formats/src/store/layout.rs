@@ -1,23 +1,20 @@
 //! Where things live in `relations.zarr` and how each array is built: row arrays, the image
 //! table, the teacher's qkv parameters, segment attributes, and the atomic metadata writes the
-//! commit protocol rests on.
+//! commit protocol rests on (made atomic by the [`Backend`]).
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use zarrs::array::codec::{Crc32cCodec, ZstdCodec};
 use zarrs::array::{data_type, Array, ArrayBuilder, ArrayMetadataOptions, ChunkKeySeparator};
-use zarrs::filesystem::FilesystemStore;
 use zarrs::group::{Group, GroupCreateError};
 use zarrs::metadata::v3::GroupMetadataV3;
 use zarrs::node::{meta_key_v3, NodePath};
-use zarrs::storage::{AtomicRenameStorageTraits, StoreKey, WritableStorageTraits};
 
+use super::backend::{Backend, Storage};
 use super::{Result, StoreError, StoreHeader};
 use crate::encoding::Encoding;
 
-/// The storage every store node lives in.
-pub(crate) type Storage = FilesystemStore;
 /// A zarrs array of a store.
 pub(crate) type StoreArray = Array<Storage>;
 
@@ -54,46 +51,32 @@ pub(crate) fn zarr_err<E: std::error::Error + Send + Sync + 'static>(
     move |e| StoreError::zarr(path, e)
 }
 
-/// Writes `bytes` to `key` atomically: to a temporary key beside it first (unique to this
-/// writer: [`crate::atomic::unique_tag`]), then renamed over `key` and the folder synced, so a
-/// reader (or a crash) sees the old or the new value, never a torn one. zarrs' own
-/// `FilesystemStore::set` truncates and rewrites the file in place (then syncs the file), so it
-/// is not atomic by itself; its `rename` is `std::fs::rename`.
-fn replace_atomically(storage: &Storage, key: &StoreKey, bytes: Vec<u8>) -> Result<()> {
-    let tmp = format!("{}.{}.tmp", key.as_str(), crate::atomic::unique_tag());
-    let tmp = StoreKey::new(tmp).map_err(zarr_err(key.as_str()))?;
-    storage
-        .set(&tmp, bytes.into())
-        .map_err(zarr_err(key.as_str()))?;
-    rename_durably(storage, &tmp, key)
-}
-
-/// Renames `from` over `to` and syncs the folder of `to`, so that the rename is on disk before
-/// anything that depends on it (a watermark) is written.
-fn rename_durably(storage: &Storage, from: &StoreKey, to: &StoreKey) -> Result<()> {
-    storage.rename(from, to).map_err(zarr_err(to.as_str()))?;
-    let file = storage.key_to_fspath(to);
-    let folder = file.parent().unwrap_or(&file);
-    crate::atomic::sync_folder(folder).map_err(|e| StoreError::zarr(to.as_str(), e))
-}
-
 /// Writes a group's `zarr.json` with `attributes`, atomically.
 pub(crate) fn write_group(
-    storage: &Storage,
+    backend: &Backend,
     path: &str,
     attributes: serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
+    let (key, json) = group_document(path, attributes)?;
+    backend.replace(&key, json)
+}
+
+/// The key and bytes of a group's `zarr.json` with `attributes`.
+pub(crate) fn group_document(
+    path: &str,
+    attributes: serde_json::Map<String, serde_json::Value>,
+) -> Result<(zarrs::storage::StoreKey, Vec<u8>)> {
     let node = NodePath::new(path).map_err(zarr_err(path))?;
     let metadata = GroupMetadataV3::new().with_attributes(attributes);
     let json = serde_json::to_vec_pretty(&metadata).expect("group metadata serialises");
-    replace_atomically(storage, &meta_key_v3(&node), json)
+    Ok((meta_key_v3(&node), json))
 }
 
 /// Writes an array's `zarr.json` (after a resize, say), atomically.
-pub(crate) fn write_array_metadata(array: &StoreArray) -> Result<()> {
+pub(crate) fn write_array_metadata(backend: &Backend, array: &StoreArray) -> Result<()> {
     let metadata = array.metadata_opt(&ArrayMetadataOptions::default());
     let json = serde_json::to_vec_pretty(&metadata).expect("array metadata serialises");
-    replace_atomically(&array.storage(), &meta_key_v3(array.path()), json)
+    backend.replace(&meta_key_v3(array.path()), json)
 }
 
 /// Opens a group's attributes; `None` when the group has no metadata (yet).
@@ -131,11 +114,11 @@ fn builder(
 }
 
 /// Creates an array: builds it and writes its metadata.
-fn create(storage: &Arc<Storage>, path: &str, builder: &ArrayBuilder) -> Result<StoreArray> {
+fn create(backend: &Backend, path: &str, builder: &ArrayBuilder) -> Result<StoreArray> {
     let array = builder
-        .build(storage.clone(), path)
+        .build(backend.storage().clone(), path)
         .map_err(zarr_err(path))?;
-    write_array_metadata(&array)?;
+    write_array_metadata(backend, &array)?;
     Ok(array)
 }
 
@@ -178,7 +161,7 @@ fn sharded(
 impl RowArrays {
     /// Creates the row arrays of a new segment with `capacity` rows and `shard_rows` per shard.
     pub(crate) fn create(
-        storage: &Arc<Storage>,
+        backend: &Backend,
         segment: &str,
         header: &StoreHeader,
         capacity: u64,
@@ -198,7 +181,7 @@ impl RowArrays {
         };
         let scale = match encoding.scale_shape(g) {
             Some(shape) => Some(create(
-                storage,
+                backend,
                 &format!("{segment}/{SCALE}"),
                 &sharded(
                     capacity,
@@ -212,21 +195,21 @@ impl RowArrays {
         };
         Ok(RowArrays {
             key: create(
-                storage,
+                backend,
                 &format!("{segment}/key"),
                 &builder(vec![capacity, 32], shard_rows, data_type::uint8(), 0u8),
             )?,
             image: create(
-                storage,
+                backend,
                 &format!("{segment}/image"),
                 &builder(vec![capacity, 32], shard_rows, data_type::uint8(), 0u8),
             )?,
             view: create(
-                storage,
+                backend,
                 &format!("{segment}/view"),
                 &builder(vec![capacity, 5], shard_rows, data_type::uint32(), 0u32),
             )?,
-            targets: create(storage, &format!("{segment}/{}", encoding.name()), &targets)?,
+            targets: create(backend, &format!("{segment}/{}", encoding.name()), &targets)?,
             scale,
         })
     }
@@ -305,10 +288,10 @@ impl ImageArrays {
     }
 
     /// Creates the image table of a new segment, for at most `capacity` images.
-    pub(crate) fn create(storage: &Arc<Storage>, segment: &str, capacity: u64) -> Result<Self> {
-        write_group(storage, &format!("{segment}/images"), Default::default())?;
+    pub(crate) fn create(backend: &Backend, segment: &str, capacity: u64) -> Result<Self> {
+        write_group(backend, &format!("{segment}/images"), Default::default())?;
         let [hash, path, size, label] = Self::builders(capacity)
-            .map(|(name, b)| create(storage, &format!("{segment}/images/{name}"), &b));
+            .map(|(name, b)| create(backend, &format!("{segment}/images/{name}"), &b));
         Ok(ImageArrays {
             hash: hash?,
             path: path?,
@@ -345,38 +328,40 @@ pub(crate) fn row_chunk(array: &StoreArray, index: u64) -> Vec<u64> {
     chunk
 }
 
-/// Replaces chunk `index` (along the first axis) of `array` atomically with `data`: encodes it
-/// into a staging array beside it (`<array>/staging`, never given metadata), then renames the
-/// chunk file into place.
+/// Replaces chunk `index` (along the first axis) of `array` atomically with `data`. On object
+/// storage the chunk's single `PUT` is atomic by itself; in a folder it is encoded into a
+/// staging array beside it (`<array>/staging`, never given metadata), then renamed into place.
 pub(crate) fn replace_chunk<'a>(
+    backend: &Backend,
     array: &StoreArray,
     index: u64,
     data: impl zarrs::array::IntoArrayBytes<'a>,
 ) -> Result<()> {
     let path = array.path().as_str();
+    let chunk = row_chunk(array, index);
+    let options = zarrs::array::CodecOptions::default().with_store_empty_chunks(true);
+    if !backend.renames() {
+        return array
+            .store_chunk_opt(&chunk, data, &options)
+            .map_err(zarr_err(path));
+    }
     let staging_path = format!("{path}/staging");
     let staging = ArrayBuilder::from_array(array)
         .build(array.storage(), &staging_path)
         .map_err(zarr_err(path))?;
-    let chunk = row_chunk(array, index);
-    let options = zarrs::array::CodecOptions::default().with_store_empty_chunks(true);
     staging
         .store_chunk_opt(&chunk, data, &options)
         .map_err(zarr_err(path))?;
-    rename_durably(
-        &array.storage(),
-        &staging.chunk_key(&chunk),
-        &array.chunk_key(&chunk),
-    )
+    backend.rename(&staging.chunk_key(&chunk), &array.chunk_key(&chunk))
 }
 
 /// Creates the teacher's qkv parameter arrays of an `ln1` or `ln1-int8` store.
 pub(crate) fn write_qkv_params(
-    storage: &Arc<Storage>,
+    backend: &Backend,
     dim: u64,
     params: &super::QkvParams,
 ) -> Result<()> {
-    write_group(storage, TEACHER, Default::default())?;
+    write_group(backend, TEACHER, Default::default())?;
     for (name, shape, values) in [
         ("qkv_weight", vec![3 * dim, dim], &params.weight),
         ("qkv_bias", vec![3 * dim], &params.bias),
@@ -384,7 +369,7 @@ pub(crate) fn write_qkv_params(
         let path = format!("{TEACHER}/{name}");
         let rows = shape[0];
         let array = create(
-            storage,
+            backend,
             &path,
             &builder(shape, rows, data_type::float32(), 0f32),
         )?;
@@ -432,13 +417,24 @@ pub(crate) struct SegmentState {
 
 impl SegmentState {
     /// Writes the state into segment `id`'s `zarr.json`, atomically.
-    pub(crate) fn write(&self, storage: &Storage, id: &str) -> Result<()> {
+    pub(crate) fn write(&self, backend: &Backend, id: &str) -> Result<()> {
+        write_group(backend, &segment_path(id), self.attributes())
+    }
+
+    /// Writes the state of a new segment `id` only if no segment `id` exists; `Ok(false)`
+    /// when one does (the id is another writer's).
+    pub(crate) fn claim(&self, backend: &Backend, id: &str) -> Result<bool> {
+        let (key, json) = group_document(&segment_path(id), self.attributes())?;
+        backend.create(&key, json)
+    }
+
+    fn attributes(&self) -> serde_json::Map<String, serde_json::Value> {
         let mut attributes = serde_json::Map::new();
         attributes.insert(
             SEGMENT_ATTRIBUTE.to_string(),
             serde_json::to_value(self).expect("segment state serialises"),
         );
-        write_group(storage, &segment_path(id), attributes)
+        attributes
     }
 
     /// Reads segment `id`'s state; `None` while the segment's group has no metadata yet.

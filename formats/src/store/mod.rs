@@ -56,6 +56,7 @@
 //! of a shard skip the check. The reader therefore reads metadata as whole chunks and a row's
 //! targets as its whole encoded inner chunk (see `targets`), so every read is verified.
 
+mod backend;
 mod error;
 mod header;
 mod layout;
@@ -69,8 +70,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use zarrs::storage::{ListableStorageTraits, StorePrefix};
+use zarrs::storage::{ListableStorageTraits, ReadableStorageTraits, StorePrefix};
 
+pub use backend::{StoreLocation, OBJECT_FETCHES};
 pub use error::{Result, StoreError};
 pub use reader::StoreReader;
 pub use types::{
@@ -79,14 +81,16 @@ pub use types::{
 pub use writer::SegmentWriter;
 
 use crate::hash::Hash32;
+use backend::Backend;
 use header::{check_same, RootAttributes};
-use layout::{group_attributes, write_group, SegmentState, Storage, SEGMENTS};
+use layout::{group_attributes, write_group, SegmentState, SEGMENTS};
 use types::check_geometry;
 
-/// A relation store on the local file system.
+/// A relation store in a local folder or on S3-compatible object storage (a `path` of the form
+/// `s3://bucket/prefix`, see [`StoreLocation`]).
 pub struct RelationStore {
     path: PathBuf,
-    storage: Arc<Storage>,
+    backend: Arc<Backend>,
     header: StoreHeader,
 }
 
@@ -95,7 +99,10 @@ impl RelationStore {
     /// `header`. A differing teacher fingerprint, geometry, encoding or view recipe is refused
     /// with [`StoreError::Mismatch`] naming the field and both values. The `ln1` encoding needs
     /// `qkv` (the target block's qkv weight and bias), which must equal the stored ones when the
-    /// store exists. A folder that exists, is not empty and holds no store is refused.
+    /// store exists. A folder (or bucket prefix) that is not empty and holds no store is
+    /// refused. Concurrent creators of one new store are safe: every object of the skeleton is
+    /// written only if absent, the root `zarr.json` last, so one creator's header wins and the
+    /// others are refused unless theirs is the same.
     pub fn create_or_open(
         path: &Path,
         header: &StoreHeader,
@@ -111,8 +118,16 @@ impl RelationStore {
             }
             (false, _) => None,
         };
-        if !path.join("zarr.json").exists() {
-            Self::create(path, header, qkv)?;
+        let location = StoreLocation::of(path)?;
+        let backend = Backend::open(&location, path, true)?;
+        let root = zarrs::storage::StoreKey::new("zarr.json").expect("a valid key");
+        let exists = backend
+            .storage()
+            .get(&root)
+            .map_err(|e| StoreError::zarr("/", e).within(path))?
+            .is_some();
+        if !exists {
+            Self::create(path, &backend, header, qkv)?;
         }
         let store = Self::open(path)?;
         check_same(&store.header, header)?;
@@ -136,36 +151,50 @@ impl RelationStore {
         Ok(store)
     }
 
-    /// Writes a new store's skeleton; the root `zarr.json` comes last, so a half-created store
-    /// is no store.
-    fn create(path: &Path, header: &StoreHeader, qkv: Option<&QkvParams>) -> Result<()> {
+    /// Writes a new store's skeleton: assembled in memory, then each object created in the
+    /// store only if absent, the root `zarr.json` last, so a half-created store is no store.
+    fn create(
+        path: &Path,
+        backend: &Backend,
+        header: &StoreHeader,
+        qkv: Option<&QkvParams>,
+    ) -> Result<()> {
         // A concurrent creator may have begun the same skeleton; anything else is foreign.
-        let foreign = std::fs::read_dir(path).ok().and_then(|entries| {
-            entries.flatten().find(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                !(name == "segments" || name == "teacher" || name.starts_with("zarr.json."))
-            })
-        });
+        let listing = backend
+            .storage()
+            .list_dir(&StorePrefix::root())
+            .map_err(|e| StoreError::zarr("/", e).within(path))?;
+        let foreign = listing
+            .keys()
+            .iter()
+            .map(|k| k.as_str().to_string())
+            .filter(|k| !(k.starts_with("zarr.json") || k.starts_with(".create.")))
+            .chain(
+                listing
+                    .prefixes()
+                    .iter()
+                    .map(|p| p.as_str().to_string())
+                    .filter(|p| !(p == "segments/" || p == "teacher/")),
+            )
+            .next();
         if let Some(entry) = foreign {
             return Err(StoreError::NotAStore {
                 path: path.to_path_buf(),
                 reason: format!(
-                    "the folder holds {:?} but no zarr.json; choose a new or empty folder \
-                     for a new store",
-                    entry.file_name()
+                    "it holds {entry:?} but no zarr.json; choose a new or empty folder (or \
+                     prefix) for a new store"
                 ),
             });
         }
-        std::fs::create_dir_all(path.join("segments")).map_err(|e| StoreError::io(path, e))?;
-        let storage = Arc::new(open_storage(path)?);
-        let write = || -> Result<()> {
-            if let Some(params) = qkv {
-                layout::write_qkv_params(&storage, u64::from(header.geometry.dim), params)?;
-            }
-            write_group(&storage, SEGMENTS, Default::default())?;
-            write_group(&storage, "/", RootAttributes::of(header).to_attributes())
-        };
-        write().map_err(|e| e.within(path))
+        let skeleton = Backend::memory();
+        if let Some(params) = qkv {
+            layout::write_qkv_params(&skeleton, u64::from(header.geometry.dim), params)?;
+        }
+        write_group(&skeleton, SEGMENTS, Default::default())?;
+        write_group(&skeleton, "/", RootAttributes::of(header).to_attributes())?;
+        skeleton
+            .copy_new_into(backend, "zarr.json")
+            .map_err(|e| e.within(path))
     }
 
     /// Opens an existing store.
@@ -174,22 +203,25 @@ impl RelationStore {
             path: path.to_path_buf(),
             reason,
         };
-        if !path.is_dir() {
-            return Err(not_a_store("no such folder".to_string()));
+        let location = StoreLocation::of(path)?;
+        if let StoreLocation::Local(folder) = &location {
+            if !folder.is_dir() {
+                return Err(not_a_store("no such folder".to_string()));
+            }
         }
-        let storage = Arc::new(open_storage(path)?);
-        let attributes = group_attributes(&storage, "/")
+        let backend = Arc::new(Backend::open(&location, path, false)?);
+        let attributes = group_attributes(backend.storage(), "/")
             .map_err(|e| e.within(path))?
-            .ok_or_else(|| not_a_store("no zarr.json in the folder".to_string()))?;
+            .ok_or_else(|| not_a_store("no zarr.json at its root".to_string()))?;
         let header = RootAttributes::parse(&attributes).map_err(not_a_store)?;
         Ok(RelationStore {
             path: path.to_path_buf(),
-            storage,
+            backend,
             header,
         })
     }
 
-    /// The store's folder.
+    /// The store's folder or `s3://` URL, as given.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -201,7 +233,8 @@ impl RelationStore {
 
     /// The target block's qkv weight and bias (`ln1` and `ln1-int8` stores only; `None` otherwise).
     pub fn qkv_params(&self) -> Result<Option<QkvParams>> {
-        let params = layout::read_qkv_params(&self.storage).map_err(|e| e.within(&self.path))?;
+        let params =
+            layout::read_qkv_params(self.backend.storage()).map_err(|e| e.within(&self.path))?;
         if let Some(p) = &params {
             p.views(self.header.geometry.dim as usize)?;
         }
@@ -230,7 +263,7 @@ impl RelationStore {
         for (id, state) in self.segment_states()? {
             if state.committed_rows > 0 {
                 keys.extend(
-                    reader::read_keys(&self.storage, &id, state.committed_rows)
+                    reader::read_keys(self.backend.storage(), &id, state.committed_rows)
                         .map_err(|e| e.within(&self.path))?,
                 );
             }
@@ -257,14 +290,16 @@ impl RelationStore {
         capacity: u64,
         shard_rows: u64,
     ) -> Result<SegmentWriter> {
-        let id = self.claim_segment_id()?;
+        let state = SegmentWriter::initial_state(capacity, shard_rows.max(1));
+        let id = self
+            .claim_segment_id(&state)
+            .map_err(|e| e.within(&self.path))?;
         SegmentWriter::create(
             self.path.clone(),
-            self.storage.clone(),
+            self.backend.clone(),
             self.header.clone(),
             id,
-            capacity,
-            shard_rows.max(1),
+            state,
         )
         .map_err(|e| e.within(&self.path))
     }
@@ -273,7 +308,8 @@ impl RelationStore {
     pub fn reader(&self) -> Result<StoreReader> {
         StoreReader::load(
             self.path.clone(),
-            &self.storage,
+            self.backend.storage(),
+            self.backend.fetch_pool(),
             self.header.clone(),
             self.qkv_params()?,
             self.segment_states()?,
@@ -281,9 +317,10 @@ impl RelationStore {
         .map_err(|e| e.within(&self.path))
     }
 
-    /// Bytes the store occupies on disk (all files under its folder).
+    /// Bytes the store occupies (all files under its folder, or objects under its prefix).
     pub fn disk_bytes(&self) -> Result<u64> {
-        self.storage
+        self.backend
+            .storage()
             .size()
             .map_err(|e| StoreError::zarr("/", e).within(&self.path))
     }
@@ -292,7 +329,8 @@ impl RelationStore {
     fn segment_states(&self) -> Result<Vec<(String, SegmentState)>> {
         let prefix = StorePrefix::new("segments/").expect("a valid prefix");
         let listing = self
-            .storage
+            .backend
+            .storage()
             .list_dir(&prefix)
             .map_err(|e| StoreError::zarr(SEGMENTS, e).within(&self.path))?;
         let mut ids: Vec<String> = listing
@@ -305,7 +343,7 @@ impl RelationStore {
         let mut states = Vec::new();
         for id in ids {
             if let Some(state) =
-                SegmentState::read(&self.storage, &id).map_err(|e| e.within(&self.path))?
+                SegmentState::read(self.backend.storage(), &id).map_err(|e| e.within(&self.path))?
             {
                 states.push((id, state));
             }
@@ -313,9 +351,9 @@ impl RelationStore {
         Ok(states)
     }
 
-    /// Creates the folder of a fresh segment: `<unix seconds>-<pid>-<n>-<8 hex>`, created
-    /// exclusively so that two writers never share one.
-    fn claim_segment_id(&self) -> Result<String> {
+    /// Claims a fresh segment id, `<unix seconds>-<pid>-<n>-<8 hex>`, by creating its
+    /// `zarr.json` with `state` exclusively, so that two writers (on any hosts) never share one.
+    fn claim_segment_id(&self, state: &SegmentState) -> Result<String> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         loop {
             let now = std::time::SystemTime::now()
@@ -333,11 +371,8 @@ impl RelationStore {
                 now.as_secs(),
                 &Hash32::of_bytes(salt.as_bytes()).to_hex()[..8]
             );
-            let dir = self.path.join("segments").join(&id);
-            match std::fs::create_dir(&dir) {
-                Ok(()) => return Ok(id),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(StoreError::io(dir, e)),
+            if state.claim(&self.backend, &id)? {
+                return Ok(id);
             }
         }
     }
@@ -351,12 +386,4 @@ fn values_digest(values: &[f32]) -> String {
         values.len(),
         Hash32::of_bytes(&bytes).short()
     )
-}
-
-/// The zarrs file-system storage rooted at `path`.
-fn open_storage(path: &Path) -> Result<Storage> {
-    Storage::new(path).map_err(|e| StoreError::Zarr {
-        path: path.to_path_buf(),
-        source: Box::new(e),
-    })
 }

@@ -1,13 +1,14 @@
 //! Reading committed rows: metadata in memory, targets on demand.
 
+use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::layout::{
-    row_chunk, zarr_err, ImageArrays, RowArrays, SegmentState, Storage, StoreArray,
-};
+use super::backend::Storage;
+
+use super::layout::{row_chunk, zarr_err, ImageArrays, RowArrays, SegmentState, StoreArray};
 use super::targets::TargetRows;
 use super::{
     ImageEntry, QkvParams, Result, RowMeta, StoreError, StoreHeader, VerifyProblem, VerifyReport,
@@ -27,6 +28,8 @@ use ndarray::Array4;
 /// appears once (its first occurrence).
 pub struct StoreReader {
     root: PathBuf,
+    /// Runs the concurrent row reads of [`targets_of`](Self::targets_of) on object storage.
+    fetch: Option<Arc<rayon::ThreadPool>>,
     header: StoreHeader,
     qkv: Option<QkvParams>,
     segments: Vec<SegmentRows>,
@@ -53,12 +56,14 @@ impl StoreReader {
     pub(super) fn load(
         root: PathBuf,
         storage: &Arc<Storage>,
+        fetch: Option<Arc<rayon::ThreadPool>>,
         header: StoreHeader,
         qkv: Option<QkvParams>,
         segments: Vec<(String, SegmentState)>,
     ) -> Result<Self> {
         let mut reader = StoreReader {
             root,
+            fetch,
             header,
             qkv,
             segments: Vec::new(),
@@ -149,6 +154,17 @@ impl StoreReader {
         self.segments[segment]
             .targets(row)
             .map_err(|e| e.within(&self.root))
+    }
+
+    /// The stored targets of rows `rows`, in that order, read in parallel: on object storage by
+    /// [`OBJECT_FETCHES`](super::OBJECT_FETCHES) requests in flight (one byte range of a shard
+    /// per row), in a folder on the caller's rayon pool.
+    pub fn targets_of(&self, rows: &[usize]) -> Result<Vec<Targets>> {
+        let read = || rows.par_iter().map(|&i| self.targets(i)).collect();
+        match &self.fetch {
+            Some(pool) => pool.install(read),
+            None => read(),
+        }
     }
 
     /// The relation maps of row `i`, decoded from any encoding: `[2, H, N, N]`.

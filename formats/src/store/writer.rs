@@ -4,9 +4,9 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::backend::Backend;
 use super::layout::{
     replace_chunk, row_chunk, write_array_metadata, zarr_err, ImageArrays, RowArrays, SegmentState,
-    Storage,
 };
 use super::{ImageEntry, Result, RowMeta, SegmentInfo, StoreError, StoreHeader};
 use crate::encoding::Targets;
@@ -18,7 +18,7 @@ use crate::hash::{content_key, Hash32};
 pub struct SegmentWriter {
     root: PathBuf,
     id: String,
-    storage: Arc<Storage>,
+    backend: Arc<Backend>,
     header: StoreHeader,
     /// Values and scales of one row.
     row_lens: (usize, usize),
@@ -64,34 +64,38 @@ impl PendingShard {
 }
 
 impl SegmentWriter {
-    /// Creates the segment's arrays and its (empty, invisible) state.
-    pub(super) fn create(
-        root: PathBuf,
-        storage: Arc<Storage>,
-        header: StoreHeader,
-        id: String,
-        capacity: u64,
-        shard_rows: u64,
-    ) -> Result<Self> {
-        let state = SegmentState {
+    /// The (empty, invisible) state of a new segment, which its id is claimed with.
+    pub(super) fn initial_state(capacity: u64, shard_rows: u64) -> SegmentState {
+        SegmentState {
             committed_rows: 0,
             committed_images: 0,
             closed: false,
             capacity,
             shard_rows,
             summary: serde_json::Value::Null,
-        };
-        state.write(&storage, &id)?;
+        }
+    }
+
+    /// Creates the arrays of segment `id`, claimed with `state` (its
+    /// [`initial_state`](Self::initial_state)).
+    pub(super) fn create(
+        root: PathBuf,
+        backend: Arc<Backend>,
+        header: StoreHeader,
+        id: String,
+        state: SegmentState,
+    ) -> Result<Self> {
         let path = super::layout::segment_path(&id);
-        let rows = RowArrays::create(&storage, &path, &header, capacity, shard_rows)?;
-        let image_arrays = ImageArrays::create(&storage, &path, capacity.max(1))?;
+        let (capacity, shard_rows) = (state.capacity, state.shard_rows);
+        let rows = RowArrays::create(&backend, &path, &header, capacity, shard_rows)?;
+        let image_arrays = ImageArrays::create(&backend, &path, capacity.max(1))?;
         let (encoding, g) = (header.encoding, &header.geometry);
         Ok(SegmentWriter {
             row_lens: (encoding.row_len(g), encoding.scale_len(g)),
             pending: PendingShard::new(encoding),
             root,
             id,
-            storage,
+            backend,
             header,
             rows,
             image_arrays,
@@ -185,7 +189,7 @@ impl SegmentWriter {
         self.state.committed_rows = self.written_rows;
         self.state.committed_images = self.images.len() as u64;
         self.state
-            .write(&self.storage, &self.id)
+            .write(&self.backend, &self.id)
             .map_err(|e| e.within(&self.root))
     }
 
@@ -203,10 +207,10 @@ impl SegmentWriter {
         self.write_images()?;
         let (rows, images) = (self.written_rows, self.images.len() as u64);
         for array in self.rows.all_mut() {
-            resize(array, rows)?;
+            resize(&self.backend, array, rows)?;
         }
         for array in self.image_arrays.all_mut() {
-            resize(array, images)?;
+            resize(&self.backend, array, images)?;
         }
         self.state = SegmentState {
             committed_rows: rows,
@@ -216,7 +220,7 @@ impl SegmentWriter {
             shard_rows: self.state.shard_rows,
             summary: summary.clone(),
         };
-        self.state.write(&self.storage, &self.id)?;
+        self.state.write(&self.backend, &self.id)?;
         Ok(SegmentInfo {
             id: self.id.clone(),
             committed_rows: rows,
@@ -282,7 +286,7 @@ impl SegmentWriter {
         }
         if len > self.image_arrays.hash.shape()[0] {
             for array in self.image_arrays.all_mut() {
-                resize(array, (2 * len).max(ImageArrays::CHUNK))?;
+                resize(&self.backend, array, (2 * len).max(ImageArrays::CHUNK))?;
             }
         }
         let chunk = ImageArrays::CHUNK;
@@ -298,11 +302,16 @@ impl SegmentWriter {
             };
             let mut sizes: Vec<u64> = entries.iter().map(|e| e.size).collect();
             sizes.resize(sizes.len() + pad, 0);
-            let a = &self.image_arrays;
-            replace_chunk(&a.hash, c, hashes)?;
-            replace_chunk(&a.path, c, strings(|e| e.path.as_str()))?;
-            replace_chunk(&a.size, c, sizes)?;
-            replace_chunk(&a.label, c, strings(|e| e.label.as_deref().unwrap_or("")))?;
+            let (a, b) = (&self.image_arrays, self.backend.as_ref());
+            replace_chunk(b, &a.hash, c, hashes)?;
+            replace_chunk(b, &a.path, c, strings(|e| e.path.as_str()))?;
+            replace_chunk(b, &a.size, c, sizes)?;
+            replace_chunk(
+                b,
+                &a.label,
+                c,
+                strings(|e| e.label.as_deref().unwrap_or("")),
+            )?;
         }
         Ok(())
     }
@@ -320,10 +329,10 @@ fn store_shard<T: zarrs::array::Element>(
 }
 
 /// Sets an array's first axis to `len` and rewrites its metadata atomically.
-fn resize(array: &mut super::layout::StoreArray, len: u64) -> Result<()> {
+fn resize(backend: &Backend, array: &mut super::layout::StoreArray, len: u64) -> Result<()> {
     let mut shape = array.shape().to_vec();
     shape[0] = len;
     let path = array.path().as_str().to_string();
     array.set_shape(shape).map_err(zarr_err(&path))?;
-    write_array_metadata(array)
+    write_array_metadata(backend, array)
 }

@@ -86,13 +86,11 @@ pub fn load_rows(spec: &LoaderSpec, rows: Vec<Row>, epoch: u64) -> Result<Loaded
     let pixels = render_rows(&images, &rows, epoch, &spec.student)?;
     let payload = match &spec.feed {
         TargetFeed::Store(reader) => {
-            let parts = rows
-                .par_iter()
-                .map(|r| {
-                    let i = r.store_row.expect("cache rows carry their store row");
-                    Ok(reader.targets(i)?)
-                })
-                .collect::<Result<Vec<Targets>>>()?;
+            let indices: Vec<usize> = rows
+                .iter()
+                .map(|r| r.store_row.expect("cache rows carry their store row"))
+                .collect();
+            let parts = reader.targets_of(&indices)?;
             let mut targets = reader.header().encoding.no_targets();
             for part in &parts {
                 targets.append(part);
