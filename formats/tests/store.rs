@@ -1,10 +1,13 @@
 //! The relation store: round trips, the commit protocol, header checks, concurrent segments
-//! and verification.
+//! and verification. The tests of its guarantees run twice: in a local folder and in a prefix
+//! of a real S3-compatible server (moto's, `support/s3.rs`).
 
+#[path = "support/s3.rs"]
+mod s3;
 mod store_fixture;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use store_fixture::{bits, geometry, header, image, qkv_params, rows};
 use tinymim_formats::{
@@ -20,6 +23,69 @@ fn create(path: &Path, header: &StoreHeader) -> RelationStore {
     RelationStore::create_or_open(path, header, params_for(header.encoding).as_ref()).unwrap()
 }
 
+/// Where a test's store lives: a fresh local folder, or a fresh prefix of the S3 test server.
+enum Place {
+    Folder(tempfile::TempDir),
+    Bucket(PathBuf),
+}
+
+impl Place {
+    /// A fresh folder and a fresh `s3://` prefix, for test `test`.
+    fn both(test: &str) -> [Place; 2] {
+        [
+            Place::Folder(tempfile::tempdir().unwrap()),
+            Place::Bucket(s3::server().fresh_url(test)),
+        ]
+    }
+
+    /// The store's folder or URL.
+    fn path(&self) -> PathBuf {
+        match self {
+            Place::Folder(dir) => dir.path().join("relations.zarr"),
+            Place::Bucket(url) => url.clone(),
+        }
+    }
+
+    /// (bucket, object key) of the store's `key`.
+    fn object(&self, key: &str) -> (String, String) {
+        let url = self.path().display().to_string();
+        let rest = url.strip_prefix("s3://").expect("an s3:// place");
+        let (bucket, prefix) = rest.split_once('/').unwrap();
+        (bucket.to_string(), format!("{prefix}/{key}"))
+    }
+
+    /// The bytes of the store's file or object `key`.
+    fn read(&self, key: &str) -> Vec<u8> {
+        match self {
+            Place::Folder(_) => std::fs::read(self.path().join(key)).unwrap(),
+            Place::Bucket(_) => {
+                let (bucket, key) = self.object(key);
+                let hex = s3::server().boto3(&format!(
+                    "print(s3.get_object(Bucket={bucket:?}, Key={key:?})['Body'].read().hex())"
+                ));
+                (0..hex.trim().len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                    .collect()
+            }
+        }
+    }
+
+    /// Overwrites the store's file or object `key` with `bytes`.
+    fn write(&self, key: &str, bytes: &[u8]) {
+        match self {
+            Place::Folder(_) => std::fs::write(self.path().join(key), bytes).unwrap(),
+            Place::Bucket(_) => {
+                let (bucket, key) = self.object(key);
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                s3::server().boto3(&format!(
+                    "s3.put_object(Bucket={bucket:?}, Key={key:?}, Body=bytes.fromhex({hex:?}))"
+                ));
+            }
+        }
+    }
+}
+
 fn push_all(writer: &mut SegmentWriter, rows: &[(ImageEntry, RowMeta, Targets)]) {
     for (image, meta, targets) in rows {
         writer.add_image(image.clone()).unwrap();
@@ -29,9 +95,11 @@ fn push_all(writer: &mut SegmentWriter, rows: &[(ImageEntry, RowMeta, Targets)])
 
 #[test]
 fn what_is_pushed_is_read_back_bit_for_bit_in_every_encoding() {
-    for encoding in Encoding::ALL {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("relations.zarr");
+    for (encoding, place) in Encoding::ALL
+        .into_iter()
+        .flat_map(|e| Place::both(&format!("round-trip-{e}")).map(|p| (e, p)))
+    {
+        let path = place.path();
         let header = header(encoding);
         let store = create(&path, &header);
         let written = rows(&header, 0, 10);
@@ -108,28 +176,30 @@ fn a_segment_never_checkpointed_is_invisible() {
 
 #[test]
 fn a_crash_keeps_the_checkpointed_rows_and_only_those() {
-    let dir = tempfile::tempdir().unwrap();
-    let header = header(Encoding::Maps);
-    let store = create(dir.path(), &header);
-    let written = rows(&header, 0, 10);
-    let mut writer = store.begin_segment_with_shard_rows(16, 4).unwrap();
-    push_all(&mut writer, &written[..6]);
-    writer.checkpoint().unwrap(); // one full shard: rows 0..4; rows 4, 5 stay buffered
-    push_all(&mut writer, &written[6..]); // a second shard (4..8) reaches the disk
-    assert_eq!(writer.rows(), 10);
-    drop(writer); // the crash
+    for place in Place::both("crash") {
+        let path = place.path();
+        let header = header(Encoding::Maps);
+        let store = create(&path, &header);
+        let written = rows(&header, 0, 10);
+        let mut writer = store.begin_segment_with_shard_rows(16, 4).unwrap();
+        push_all(&mut writer, &written[..6]);
+        writer.checkpoint().unwrap(); // one full shard: rows 0..4; rows 4, 5 stay buffered
+        push_all(&mut writer, &written[6..]); // a second shard (4..8) reaches the disk
+        assert_eq!(writer.rows(), 10);
+        drop(writer); // the crash
 
-    let reader = RelationStore::open(dir.path()).unwrap().reader().unwrap();
-    assert_eq!(reader.len(), 4);
-    for (i, (image, meta, targets)) in written[..4].iter().enumerate() {
-        assert_eq!(reader.row(i), meta);
-        assert_eq!(bits(&reader.targets(i).unwrap()), bits(targets));
-        assert_eq!(reader.image(&image.hash), Some(image));
+        let reader = RelationStore::open(&path).unwrap().reader().unwrap();
+        assert_eq!(reader.len(), 4);
+        for (i, (image, meta, targets)) in written[..4].iter().enumerate() {
+            assert_eq!(reader.row(i), meta);
+            assert_eq!(bits(&reader.targets(i).unwrap()), bits(targets));
+            assert_eq!(reader.image(&image.hash), Some(image));
+        }
+        let keys = store.committed_keys().unwrap();
+        let expected: HashSet<Hash32> = written[..4].iter().map(|(_, m, _)| m.key).collect();
+        assert_eq!(keys, expected);
+        assert!(reader.verify().unwrap().is_ok());
     }
-    let keys = store.committed_keys().unwrap();
-    let expected: HashSet<Hash32> = written[..4].iter().map(|(_, m, _)| m.key).collect();
-    assert_eq!(keys, expected);
-    assert!(reader.verify().unwrap().is_ok());
 }
 
 #[test]
@@ -200,43 +270,45 @@ fn refusal(path: &Path, other: &StoreHeader) -> String {
 
 #[test]
 fn a_store_refuses_writers_for_another_teacher_encoding_geometry_or_recipe() {
-    let dir = tempfile::tempdir().unwrap();
-    let original = header(Encoding::Qkv);
-    create(dir.path(), &original);
+    for place in Place::both("refusal") {
+        let path = place.path();
+        let original = header(Encoding::Qkv);
+        create(&path, &original);
 
-    let mut other = original.clone();
-    other.teacher = Hash32::of_bytes(b"another teacher");
-    let message = refusal(dir.path(), &other);
-    assert!(message.contains("teacher fingerprint"), "{message}");
-    assert!(message.contains(&original.teacher.to_hex()), "{message}");
-    assert!(message.contains(&other.teacher.to_hex()), "{message}");
+        let mut other = original.clone();
+        other.teacher = Hash32::of_bytes(b"another teacher");
+        let message = refusal(&path, &other);
+        assert!(message.contains("teacher fingerprint"), "{message}");
+        assert!(message.contains(&original.teacher.to_hex()), "{message}");
+        assert!(message.contains(&other.teacher.to_hex()), "{message}");
 
-    let mut other = original.clone();
-    other.encoding = Encoding::Maps;
-    let message = refusal(dir.path(), &other);
-    assert!(message.contains("encoding"), "{message}");
-    assert!(
-        message.contains("qkv") && message.contains("maps"),
-        "{message}"
-    );
+        let mut other = original.clone();
+        other.encoding = Encoding::Maps;
+        let message = refusal(&path, &other);
+        assert!(message.contains("encoding"), "{message}");
+        assert!(
+            message.contains("qkv") && message.contains("maps"),
+            "{message}"
+        );
 
-    let mut other = original.clone();
-    other.geometry.tokens = 197;
-    let message = refusal(dir.path(), &other);
-    assert!(message.contains("tokens"), "{message}");
-    assert!(
-        message.contains('5') && message.contains("197"),
-        "{message}"
-    );
+        let mut other = original.clone();
+        other.geometry.tokens = 197;
+        let message = refusal(&path, &other);
+        assert!(message.contains("tokens"), "{message}");
+        assert!(
+            message.contains('5') && message.contains("197"),
+            "{message}"
+        );
 
-    let mut other = original.clone();
-    other.recipe.seed = 4242;
-    let message = refusal(dir.path(), &other);
-    assert!(message.contains("view recipe field `seed`"), "{message}");
-    assert!(message.contains("4242"), "{message}");
+        let mut other = original.clone();
+        other.recipe.seed = 4242;
+        let message = refusal(&path, &other);
+        assert!(message.contains("view recipe field `seed`"), "{message}");
+        assert!(message.contains("4242"), "{message}");
 
-    // The same header opens.
-    create(dir.path(), &original);
+        // The same header opens.
+        create(&path, &original);
+    }
 }
 
 #[test]
@@ -339,42 +411,44 @@ fn pushes_that_break_the_contract_are_refused() {
 
 #[test]
 fn two_segments_written_from_two_threads_are_both_readable() {
-    let dir = tempfile::tempdir().unwrap();
-    let header = header(Encoding::Maps);
-    let store = create(dir.path(), &header);
-    let batches = [rows(&header, 0, 40), rows(&header, 500, 40)];
-    std::thread::scope(|scope| {
-        for batch in &batches {
-            let store = &store;
-            scope.spawn(move || {
-                let mut writer = store.begin_segment_with_shard_rows(40, 3).unwrap();
-                for (i, chunk) in batch.chunks(7).enumerate() {
-                    push_all(&mut writer, chunk);
-                    if i % 2 == 0 {
-                        writer.checkpoint().unwrap();
+    for place in Place::both("two-writers") {
+        let path = place.path();
+        let header = header(Encoding::Maps);
+        let store = create(&path, &header);
+        let batches = [rows(&header, 0, 40), rows(&header, 500, 40)];
+        std::thread::scope(|scope| {
+            for batch in &batches {
+                let store = &store;
+                scope.spawn(move || {
+                    let mut writer = store.begin_segment_with_shard_rows(40, 3).unwrap();
+                    for (i, chunk) in batch.chunks(7).enumerate() {
+                        push_all(&mut writer, chunk);
+                        if i % 2 == 0 {
+                            writer.checkpoint().unwrap();
+                        }
                     }
-                }
-                writer.commit(serde_json::Value::Null).unwrap();
-            });
+                    writer.commit(serde_json::Value::Null).unwrap();
+                });
+            }
+        });
+        let expected: HashMap<Hash32, &Targets> = batches
+            .iter()
+            .flatten()
+            .map(|(_, meta, targets)| (meta.key, targets))
+            .collect();
+        let reader = store.reader().unwrap();
+        assert_eq!(reader.len(), 80);
+        for i in 0..reader.len() {
+            let key = reader.row(i).key;
+            assert_eq!(bits(&reader.targets(i).unwrap()), bits(expected[&key]));
         }
-    });
-    let expected: HashMap<Hash32, &Targets> = batches
-        .iter()
-        .flatten()
-        .map(|(_, meta, targets)| (meta.key, targets))
-        .collect();
-    let reader = store.reader().unwrap();
-    assert_eq!(reader.len(), 80);
-    for i in 0..reader.len() {
-        let key = reader.row(i).key;
-        assert_eq!(bits(&reader.targets(i).unwrap()), bits(expected[&key]));
     }
 }
 
 /// Flips a byte of the inner chunk stored first in a shard file of `rows` inner chunks of one
 /// row each; returns that chunk's row within the shard.
-fn flip_a_byte_of_the_first_inner_chunk(shard: &Path, rows: usize) -> u64 {
-    let mut bytes = std::fs::read(shard).unwrap();
+fn flip_a_byte_of_the_first_inner_chunk(place: &Place, shard: &str, rows: usize) -> u64 {
+    let mut bytes = place.read(shard);
     // The shard index (Zarr sharding spec, index at the end): rows × (offset, size) u64 LE,
     // then a crc32c.
     let index = &bytes[bytes.len() - 4 - rows * 16..bytes.len() - 4];
@@ -382,7 +456,7 @@ fn flip_a_byte_of_the_first_inner_chunk(shard: &Path, rows: usize) -> u64 {
         .find(|&i| index[16 * i..16 * i + 8] == [0; 8])
         .expect("one inner chunk starts the shard");
     bytes[10] ^= 0x01;
-    std::fs::write(shard, bytes).unwrap();
+    place.write(shard, &bytes);
     first as u64
 }
 
@@ -400,19 +474,78 @@ fn committed_store(path: &Path) -> (String, Vec<(ImageEntry, RowMeta, Targets)>)
 
 #[test]
 fn verify_finds_a_flipped_byte_in_a_shard() {
-    let dir = tempfile::tempdir().unwrap();
-    let (id, written) = committed_store(dir.path());
-    // Second shard (rows 4..8) of the targets.
-    let shard = dir.path().join(format!("segments/{id}/maps/c/1/0/0/0/0"));
-    let bad_row = 4 + flip_a_byte_of_the_first_inner_chunk(&shard, 4);
+    for place in Place::both("flipped-byte") {
+        let path = place.path();
+        let (id, written) = committed_store(&path);
+        // Second shard (rows 4..8) of the targets.
+        let shard = format!("segments/{id}/maps/c/1/0/0/0/0");
+        let bad_row = 4 + flip_a_byte_of_the_first_inner_chunk(&place, &shard, 4);
 
-    let report = only_this_row_is_unreadable(
-        dir.path(),
-        &written,
-        bad_row,
-        &format!("segments/{id}/maps"),
+        let report =
+            only_this_row_is_unreadable(&path, &written, bad_row, &format!("segments/{id}/maps"));
+        assert_eq!(report.rows, 8);
+    }
+}
+
+#[test]
+fn concurrent_creators_of_one_store_agree_on_one_header_and_refuse_the_other() {
+    for place in Place::both("creators") {
+        let path = place.path();
+        let ours = header(Encoding::Ln1);
+        let mut theirs = ours.clone();
+        theirs.teacher = Hash32::of_bytes(b"another teacher");
+        // Six creators at once, three per teacher (the other with other qkv parameters).
+        let outcomes: Vec<(bool, Result<(), String>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..6)
+                .map(|i| {
+                    let (path, header) = (&path, if i % 2 == 0 { &ours } else { &theirs });
+                    scope.spawn(move || {
+                        let params = qkv_params(if i % 2 == 0 { 7 } else { 8 });
+                        let opened = RelationStore::create_or_open(path, header, Some(&params));
+                        (i % 2 == 0, opened.map(|_| ()).map_err(|e| e.to_string()))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let stored = RelationStore::open(&path).unwrap().header().clone();
+        let winner_is_ours = stored == ours;
+        assert!(winner_is_ours || stored == theirs);
+        for (is_ours, outcome) in &outcomes {
+            match outcome {
+                // A creator of the stored header opens it unless the other teacher's qkv
+                // parameters landed first (then it is refused too, naming them).
+                Ok(()) => assert_eq!(*is_ours, winner_is_ours, "{outcomes:?}"),
+                Err(message) => assert!(
+                    message.contains("teacher fingerprint") || message.contains("qkv"),
+                    "{message}"
+                ),
+            }
+        }
+        // Whatever opened, opened a sound store: its stored parameters are the winner's.
+        if outcomes.iter().any(|(_, o)| o.is_ok()) {
+            let params = qkv_params(if winner_is_ours { 7 } else { 8 });
+            let store = RelationStore::open(&path).unwrap();
+            assert_eq!(store.qkv_params().unwrap(), Some(params));
+        }
+    }
+}
+
+#[test]
+fn a_bucket_prefix_that_holds_other_objects_is_refused() {
+    let place = Place::Bucket(s3::server().fresh_url("foreign"));
+    place.write("photo.jpg", b"not a store");
+    let err = RelationStore::create_or_open(&place.path(), &header(Encoding::Qkv), None)
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err}");
+    assert!(err.to_string().contains("photo.jpg"), "{err}");
+    let missing = s3::server().fresh_url("missing");
+    let message = RelationStore::open(&missing).err().unwrap().to_string();
+    assert!(
+        message.contains("not a tinymim relation store") && message.contains("s3://"),
+        "{message}"
     );
-    assert_eq!(report.rows, 8);
 }
 
 /// Every row of the store at `path` but `bad_row` reads back as written; `bad_row` fails naming
@@ -565,9 +698,10 @@ fn verify_finds_a_corrupt_shard_index() {
 
 #[test]
 fn an_int8_store_takes_int8_rows_with_their_scales_and_verifies_both() {
-    let dir = tempfile::tempdir().unwrap();
+    let place = Place::Folder(tempfile::tempdir().unwrap());
+    let path = place.path();
     let header = header(Encoding::Ln1Int8);
-    let store = create(dir.path(), &header);
+    let store = create(&path, &header);
     let written = rows(&header, 0, 8);
     let mut writer = store.begin_segment_with_shard_rows(8, 4).unwrap();
     let (image, meta, targets) = &written[0];
@@ -609,20 +743,17 @@ fn an_int8_store_takes_int8_rows_with_their_scales_and_verifies_both() {
     // On disk: the values as int8, the scales as float16 beside them.
     for (array, dtype) in [("ln1-int8", "int8"), ("scale", "float16")] {
         let meta =
-            std::fs::read_to_string(dir.path().join(format!("segments/{id}/{array}/zarr.json")))
-                .unwrap();
+            std::fs::read_to_string(path.join(format!("segments/{id}/{array}/zarr.json"))).unwrap();
         assert!(
             meta.contains(&format!("\"data_type\": \"{dtype}\"")),
             "{array}: {meta}"
         );
     }
 
-    let bad_row = flip_a_byte_of_the_first_inner_chunk(
-        &dir.path().join(format!("segments/{id}/scale/c/1/0")),
-        4,
-    ) + 4;
+    let bad_row =
+        flip_a_byte_of_the_first_inner_chunk(&place, &format!("segments/{id}/scale/c/1/0"), 4) + 4;
     only_this_row_is_unreadable(
-        dir.path(),
+        &place.path(),
         &written,
         bad_row,
         &format!("segments/{id}/scale"),

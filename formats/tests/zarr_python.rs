@@ -5,9 +5,9 @@
 //! The same check runs on a local folder and on an `s3://` store of a real S3-compatible server
 //! (moto's, see `support/s3.rs`), which zarr-python reads through s3fs.
 
-mod store_fixture;
 #[path = "support/s3.rs"]
 mod s3;
+mod store_fixture;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -110,7 +110,11 @@ impl S3Server {
              region_name='us-east-1')\n{code}",
             self.endpoint
         );
-        let out = Command::new(python()).arg("-c").arg(program).output().unwrap();
+        let out = Command::new(python())
+            .arg("-c")
+            .arg(program)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{}",
