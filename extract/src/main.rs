@@ -87,7 +87,9 @@ struct RunArgs {
     /// does): the most faithful encoding in BENCHMARKS.md; else qkv].
     #[arg(long, value_parser = encoding_parser())]
     encoding: Option<Encoding>,
-    /// The relation store to create or add to.
+    /// The relation store to create or add to: a folder, or an `s3://BUCKET/PREFIX` URL on
+    /// S3-compatible object storage (endpoint, region and credentials from the standard AWS_*
+    /// variables, e.g. AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).
     #[arg(long, value_name = "STORE", required = true)]
     out: Option<PathBuf>,
     /// Run seed of the view recipe.
@@ -115,7 +117,7 @@ struct RunArgs {
 
 #[derive(Debug, Args)]
 struct InspectArgs {
-    /// The relation store.
+    /// The relation store (a folder or an `s3://BUCKET/PREFIX` URL).
     store: PathBuf,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -124,7 +126,7 @@ struct InspectArgs {
 
 #[derive(Debug, Args)]
 struct VerifyArgs {
-    /// The relation store.
+    /// The relation store (a folder or an `s3://BUCKET/PREFIX` URL).
     store: PathBuf,
     /// Source image folder, to recompute sampled rows (needs --teacher).
     #[arg(long, value_name = "DIR", requires = "teacher")]

@@ -1,10 +1,14 @@
 //! The real `extract` binary on real photos with the real DINOv2-S teacher: rows, resumption,
-//! sharding, bad images, store refusal, inspect/verify and exit codes.
+//! sharding, bad images, store refusal, inspect/verify and exit codes; resumption, concurrent
+//! shards, refusal and verify also on a store in a real S3-compatible server (moto's,
+//! `formats/tests/support/s3.rs`), whose `AWS_*` variables the child processes inherit.
 //!
 //! Expected content keys are computed here from `formats` (blake3 of the teacher file, the
 //! photo bytes and the view sampler), independently of the binary.
 
 mod common;
+#[path = "../../formats/tests/support/s3.rs"]
+mod s3;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -233,6 +237,18 @@ fn largest_file(dir: &Path) -> std::path::PathBuf {
 
 #[test]
 fn an_interrupted_run_resumes_to_exactly_the_rows_of_a_full_run() {
+    let work = tempfile::tempdir().unwrap();
+    interrupted_run_resumes_to_the_rows_of_a_full_run(&work.path().join("r.zarr"));
+}
+
+#[test]
+fn a_run_to_object_storage_killed_with_sigkill_resumes_to_the_rows_of_a_full_run() {
+    interrupted_run_resumes_to_the_rows_of_a_full_run(&s3::server().fresh_url("resume"));
+}
+
+/// A run into `store` killed (SIGKILL) after its first checkpoint, then rerun, holds exactly
+/// the rows of an uninterrupted run, none twice.
+fn interrupted_run_resumes_to_the_rows_of_a_full_run(store: &Path) {
     let files = [
         "a/chelsea.png",
         "a/coffee.png",
@@ -240,12 +256,10 @@ fn an_interrupted_run_resumes_to_exactly_the_rows_of_a_full_run() {
         "b/rocket.jpg",
     ];
     let images = image_folder(&files);
-    let work = tempfile::tempdir().unwrap();
-    let store = work.path().join("r.zarr");
     // One row per shard, a checkpoint after every batch of one view: rows become visible early.
     let args = run_args(
         images.path(),
-        &store,
+        store,
         &[
             "--batch",
             "1",
@@ -264,7 +278,7 @@ fn an_interrupted_run_resumes_to_exactly_the_rows_of_a_full_run() {
         .unwrap();
     let started = Instant::now();
     let committed_at_kill = loop {
-        let committed = RelationStore::open(&store)
+        let committed = RelationStore::open(store)
             .and_then(|s| s.committed_keys())
             .map(|k| k.len())
             .unwrap_or(0);
@@ -288,11 +302,7 @@ fn an_interrupted_run_resumes_to_exactly_the_rows_of_a_full_run() {
         "killed after {committed_at_kill} of 8 rows"
     );
 
-    let summary = run_ok(
-        images.path(),
-        &store,
-        &["--batch", "2", "--encoding", "qkv"],
-    );
+    let summary = run_ok(images.path(), store, &["--batch", "2", "--encoding", "qkv"]);
     let present = summary["views_present"].as_u64().unwrap();
     assert!(present >= committed_at_kill as u64, "{summary}");
     assert_eq!(
@@ -300,7 +310,7 @@ fn an_interrupted_run_resumes_to_exactly_the_rows_of_a_full_run() {
         8,
         "{summary}"
     );
-    let keys = stored_keys(&store);
+    let keys = stored_keys(store);
     assert_eq!(keys.len(), 8, "no row is duplicated");
     assert_eq!(
         as_set(&keys),
@@ -310,18 +320,28 @@ fn an_interrupted_run_resumes_to_exactly_the_rows_of_a_full_run() {
 
 #[test]
 fn two_shard_processes_equal_one_unsharded_run() {
+    let work = tempfile::tempdir().unwrap();
+    two_shard_processes_equal_one_run(&work.path().join("sharded.zarr"));
+}
+
+#[test]
+fn two_shard_processes_into_one_object_store_equal_one_run_into_a_folder() {
+    two_shard_processes_equal_one_run(&s3::server().fresh_url("shards"));
+}
+
+/// Both shards of `sharded` written at once, as two machines would, hold the rows (keys and
+/// targets, bit for bit) of one unsharded run into a local folder.
+fn two_shard_processes_equal_one_run(sharded: &Path) {
     let images = image_folder(&PHOTOS);
     let work = tempfile::tempdir().unwrap();
-    let sharded = work.path().join("sharded.zarr");
     let whole = work.path().join("whole.zarr");
-    // Both shards of one store at once, as two machines would run them.
     let children: Vec<_> = ["0/2", "1/2"]
         .iter()
         .map(|shard| {
             extract_cmd()
                 .args(run_args(
                     images.path(),
-                    &sharded,
+                    sharded,
                     &["--shard", shard, "--encoding", "qkv"],
                 ))
                 .stdout(Stdio::piped())
@@ -354,9 +374,89 @@ fn two_shard_processes_equal_one_unsharded_run() {
     }
     assert_eq!(written, 6);
     run_ok(images.path(), &whole, &["--encoding", "qkv"]);
-    let (a, b) = (stored_keys(&sharded), stored_keys(&whole));
+    let (a, b) = (stored_keys(sharded), stored_keys(&whole));
     assert_eq!(a.len(), 6);
     assert_eq!(as_set(&a), as_set(&b));
+    assert_eq!(targets_by_key(sharded), targets_by_key(&whole));
+}
+
+/// Every committed row's targets (as f32 bit patterns) by content key.
+fn targets_by_key(store: &Path) -> std::collections::BTreeMap<String, Vec<u32>> {
+    let store = RelationStore::open(store).unwrap();
+    let dim = store.header().geometry.dim as usize;
+    let reader = store.reader().unwrap();
+    (0..reader.len())
+        .map(|i| {
+            let values = reader.targets(i).unwrap().to_f32(dim);
+            let bits = values.iter().map(|v| v.to_bits()).collect();
+            (reader.row(i).key.to_hex(), bits)
+        })
+        .collect()
+}
+
+#[test]
+fn a_store_on_object_storage_is_refused_inspected_and_verified_like_a_folder() {
+    let server = s3::server();
+    let images = image_folder(&PHOTOS[..2]);
+    let store = server.fresh_url("verify");
+    let summary = run_ok(images.path(), &store, &["--encoding", "ln1"]);
+    assert_eq!(summary["views_written"], 4);
+    assert!(
+        summary["bytes_per_view"].as_f64().unwrap() > 1000.0,
+        "{summary}"
+    );
+
+    // Another encoding is refused, naming both and the store's URL.
+    let out = run(images.path(), &store, &["--encoding", "maps"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ln1") && err.contains("maps"), "{err}");
+    assert!(err.contains(store.to_str().unwrap()), "{err}");
+
+    let out = extract_cmd()
+        .args(["inspect", store.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["rows"], 4);
+    let out = verify_with_teacher(&store, images.path());
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(outcome["rows"].as_u64(), Some(4));
+
+    // A flipped byte in the middle of the largest object of the segments (the targets'
+    // shard): verify reports it, exit 1.
+    let url = store.to_str().unwrap();
+    let prefix = url.strip_prefix(&format!("s3://{}/", s3::BUCKET)).unwrap();
+    let prefix = format!("{prefix}/segments/");
+    server.boto3(&format!(
+        "objects = s3.list_objects_v2(Bucket={bucket:?}, Prefix={prefix:?})['Contents']\n\
+         key = max(objects, key=lambda o: o['Size'])['Key']\n\
+         body = bytearray(s3.get_object(Bucket={bucket:?}, Key=key)['Body'].read())\n\
+         body[len(body) // 2] ^= 0x55\n\
+         s3.put_object(Bucket={bucket:?}, Key=key, Body=bytes(body))",
+        bucket = s3::BUCKET
+    ));
+    let out = extract_cmd()
+        .args(["verify", store.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(
+        !outcome["store_problems"].as_array().unwrap().is_empty(),
+        "{outcome}"
+    );
 }
 
 #[test]

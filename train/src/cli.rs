@@ -77,7 +77,8 @@ impl PrecisionArg {
 /// Options of a training run.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Relation store written by `extract` (cache mode).
+    /// Relation store written by `extract` (cache mode): a folder, or an `s3://BUCKET/PREFIX`
+    /// URL on S3-compatible object storage (endpoint and credentials from the AWS_* variables).
     #[arg(
         long,
         value_name = "STORE",
@@ -269,7 +270,7 @@ impl ProbeArgs {
     --model runs/tiny/model.safetensors"
 )]
 pub struct EvalArgs {
-    /// Relation store written by `extract` from the student's teacher.
+    /// Relation store written by `extract` from the student's teacher (a folder or `s3://` URL).
     #[arg(long, value_name = "STORE")]
     pub cache: PathBuf,
     /// Source root of the store's images [default: the root the store recorded].

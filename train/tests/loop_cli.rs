@@ -2,6 +2,8 @@
 //! with one sentence naming the thing at fault.
 
 mod loop_fixture;
+#[path = "../../formats/tests/support/s3.rs"]
+mod s3;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -89,6 +91,40 @@ fn trains_from_a_store_with_the_recorded_source_root() {
         6
     );
     assert!(out.join("model.safetensors").is_file());
+}
+
+/// The `loss` of every step in a run's metrics log.
+fn losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            record["loss"].as_f64().expect("a loss per step")
+        })
+        .collect()
+}
+
+#[test]
+fn trains_from_an_object_store_exactly_as_from_the_same_store_in_a_folder() {
+    let world = World::new(3, 2);
+    let url = s3::server().fresh_url("train");
+    write_store(
+        &url,
+        &world.images,
+        &world.teacher,
+        loop_fixture::TEACHER_HEADS,
+        2,
+        loop_fixture::SEED,
+    );
+    let (local, remote) = (world.dir.path().join("local"), world.dir.path().join("s3"));
+    for (store, out) in [(&world.store, &local), (&url, &remote)] {
+        let result = train_on(store, out, &["--epochs", "2", "--base-lr", "0.1"]);
+        assert!(result.status.success(), "{}", stderr(&result));
+    }
+    let (a, b) = (losses(&local), losses(&remote));
+    assert_eq!(a.len(), 6);
+    assert_eq!(a, b, "the same rows give the same run, bit for bit");
 }
 
 #[test]
