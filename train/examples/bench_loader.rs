@@ -16,8 +16,12 @@
 //!
 //! `--cold` empties the page cache before each timed pass of store reads (root only), so that
 //! they come from the disk as on a first epoch over a store larger than memory.
-//! `--read-store STORE` only times reads of an existing store's rows (random order, one core):
-//! real targets compress, random ones barely, and zstd decodes the two at different speeds.
+//! `--read-store STORE[,STORE…]` only times reads of existing stores' rows, in a random order:
+//! one row at a time on one core, and as the loader reads them, micro-batches of 64 rows through
+//! `StoreReader::targets_of` (concurrent requests on object storage); each store after the first
+//! is also given as a ratio to the first, measured in the same run (e.g. an `s3://` copy against
+//! its local folder: `scripts/bench_s3.sh`). Real targets compress, random ones barely, and zstd
+//! decodes the two at different speeds.
 //!
 //! The JPEG is ImageNet-sized: a cached photo resized to 500×333 and encoded at quality 90 by
 //! the `image` crate. Store rows hold random values (float16 in [-2, 2), or such rows quantised
@@ -137,32 +141,56 @@ fn random_store(
 }
 
 /// Times random-order reads of every row of the store at `path`, on one core.
-fn time_reads(path: &Path) -> anyhow::Result<()> {
-    let store = RelationStore::open(path)?;
-    let reader = store.reader()?;
-    let n = reader.len();
-    anyhow::ensure!(n > 0, "{}: no committed rows", path.display());
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(11));
-    let rate = per_core(4 * n, |i| {
-        reader.targets(order[i % n]).expect("reads");
-    });
-    let h = store.header();
-    let raw = h.encoding.row_bytes(&h.geometry);
-    let disk = store.disk_bytes()? as f64 / n as f64;
-    eprintln!(
-        "{}: {n} rows of {} ({raw} bytes raw, {disk:.0} on disk per row with the store's \
-         metadata): {rate:.0} rows/s per core",
-        path.display(),
-        h.encoding
-    );
-    println!(
-        "{}",
-        serde_json::json!({"bench": "loader", "stage": "store_read_existing",
-            "store": path.display().to_string(), "encoding": h.encoding.name(),
-            "row_bytes": raw, "disk_bytes_per_row": disk, "per_core_rows_per_s": rate})
-    );
-    Ok(())
+/// Rows per micro-batch in the batched read timing.
+const READ_BATCH: usize = 64;
+
+/// Times reads of each store in `paths` (one row at a time on one core, and in micro-batches
+/// through `targets_of`); returns (per-core, batched) rows/s of each.
+fn time_reads(paths: &[&str]) -> anyhow::Result<Vec<(f64, f64)>> {
+    let mut rates = Vec::new();
+    for path in paths {
+        let path = Path::new(path);
+        let store = RelationStore::open(path)?;
+        let reader = store.reader()?;
+        let n = reader.len();
+        anyhow::ensure!(n > 0, "{}: no committed rows", path.display());
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(11));
+        let one = per_core(2 * n, |i| {
+            reader.targets(order[i % n]).expect("reads");
+        });
+        let started = Instant::now();
+        let mut read = 0;
+        for _ in 0..2 {
+            for batch in order.chunks(READ_BATCH) {
+                read += reader.targets_of(batch)?.len();
+            }
+        }
+        let batched = read as f64 / started.elapsed().as_secs_f64();
+        let h = store.header();
+        let raw = h.encoding.row_bytes(&h.geometry);
+        let disk = store.disk_bytes()? as f64 / n as f64;
+        let (first_one, first_batched) = *rates.first().unwrap_or(&(one, batched));
+        eprintln!(
+            "{}: {n} rows of {} ({raw} bytes raw, {disk:.0} stored per row with the store's \
+             metadata): {one:.0} rows/s one at a time on one core ({:.2}x the first store), \
+             {batched:.0} rows/s in micro-batches of {READ_BATCH} ({:.2}x)",
+            path.display(),
+            h.encoding,
+            one / first_one,
+            batched / first_batched,
+        );
+        println!(
+            "{}",
+            serde_json::json!({"bench": "loader", "stage": "store_read_existing",
+                "store": path.display().to_string(), "encoding": h.encoding.name(),
+                "row_bytes": raw, "disk_bytes_per_row": disk, "per_core_rows_per_s": one,
+                "batched_rows_per_s": batched, "per_core_vs_first": one / first_one,
+                "batched_vs_first": batched / first_batched})
+        );
+        rates.push((one, batched));
+    }
+    Ok(rates)
 }
 
 /// Empties the kernel's page cache (`--cold`: store reads then come from the disk; needs root).
@@ -187,8 +215,9 @@ fn main() -> anyhow::Result<()> {
     let gpu_rate = common::number("--gpu-views-per-s", 3000) as f64;
     let rows = common::number("--rows", 64);
     let cold = common::switch("--cold");
-    if let Some(path) = common::flag("--read-store") {
-        return time_reads(Path::new(&path));
+    if let Some(paths) = common::flag("--read-store") {
+        let paths: Vec<&str> = paths.split(',').collect();
+        return time_reads(&paths).map(|_| ());
     }
     let size = 224u32;
 

@@ -40,15 +40,23 @@
 //!
 //! `committed_rows` in a segment's attributes is its watermark: rows below it are complete and
 //! visible to readers, rows at or above it do not exist for them. A writer buffers rows and
-//! writes each shard whole, once, so every shard has exactly one writer.
+//! writes each shard whole, once, so every shard has exactly one writer. A segment's id is
+//! claimed by creating its `zarr.json` only if absent, so no two writers share a segment.
 //! [`SegmentWriter::checkpoint`] writes the image-table entries added so far (each changed chunk
-//! is encoded under a staging key and renamed into place) and then advances the watermark past
-//! the full shards written, by rewriting the segment's `zarr.json` atomically (temporary file +
-//! rename in the same folder; zarrs' `FilesystemStore::set` alone truncates and rewrites in
-//! place). [`SegmentWriter::commit`] writes the last, partly filled shard, shrinks the arrays
-//! to the final counts (metadata rewritten atomically too), then sets the watermark and
-//! `closed`. A segment never checkpointed is invisible, and a crash loses at most the rows
-//! after the last checkpoint.
+//! replaced atomically) and then advances the watermark past the full shards written, by
+//! replacing the segment's `zarr.json` atomically. [`SegmentWriter::commit`] writes the last,
+//! partly filled shard, shrinks the arrays to the final counts (metadata replaced atomically
+//! too), then sets the watermark and `closed`. A segment never checkpointed is invisible, and a
+//! crash loses at most the rows after the last checkpoint.
+//!
+//! # Where a store lives
+//!
+//! In a local folder, or under a prefix of an S3-compatible bucket (`s3://bucket/prefix`). The
+//! protocol asks two things of either place (see `backend`): an atomic replace (in a folder a
+//! temporary file renamed over the old one and the folder synced, since zarrs'
+//! `FilesystemStore::set` alone truncates and rewrites in place; on object storage one `PUT`) and
+//! a create-if-absent (a hard link; a conditional `PUT` with `If-None-Match: *`). Nothing needs
+//! a rename on object storage.
 //!
 //! # Checksums
 //!
