@@ -4,7 +4,8 @@
 # `extract` of the real DINOv2-S teacher (224 px, ln1) over held-out Fashion-MNIST images into a
 # folder and into an s3:// store, then the training loader's reads of the same rows from both
 # (`bench_loader --read-store FOLDER,s3://…`: one row at a time, and micro-batches of 64 as the
-# loader reads them).
+# loader reads them), and a short training run from each (`train --cache`, the same seed: the same
+# losses, and how long each step waited for its data).
 #
 #   scripts/bench_s3.sh            Environment: IMAGES (default 500), VIEWS (default 2),
 #                                  BENCH_OUT (default runs/s3)
@@ -13,7 +14,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 scripts/setup.sh >&2
 cache="${TINYMIM_CACHE:-$root/.cache/tinymim}"
-cargo build --release --locked -p tinymim-extract --bin extract >&2
+cargo build --release --locked -p tinymim-extract --bin extract -p tinymim-train --bin train >&2
 cargo build --release --locked -p tinymim-train --example bench_loader >&2
 bin="$root/target/release"
 out="${BENCH_OUT:-$root/runs/s3}"
@@ -48,3 +49,25 @@ print(f"extract into s3://:    {s3['views_per_s']:.1f} views/s, {s3['bytes_per_v
       f"({s3['views_per_s'] / local['views_per_s']:.2f}x the folder)")
 PY
 "$bin/examples/bench_loader" --read-store "$out/local.zarr,s3://bench/relations.zarr"
+student=(--student vit-tiny --depth 2 --batch 32 --max-steps 12 --warmup-epochs 0 --seed 1 --quiet)
+for place in "$out/local.zarr" "s3://bench/relations.zarr"; do
+  "$bin/train" --cache "$place" "${student[@]}" --out "$out/train-$(basename "$place")" > /dev/null
+done
+"$cache/venv/bin/python" - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+runs = {}
+for name in ("local.zarr", "relations.zarr"):
+    steps = [json.loads(l) for l in open(f"{out}/train-{name}/metrics.jsonl")]
+    later = steps[1:]  # the first step pays the loader's start
+    runs[name] = (
+        [s["loss"] for s in steps],
+        sum(s["data_wait_s"] for s in later),
+        sum(s["views_per_s"] for s in later) / len(later),
+    )
+(la, wa, va), (lb, wb, vb) = runs["local.zarr"], runs["relations.zarr"]
+print(f"train from a folder: {va:.1f} views/s, {wa:.2f} s waiting for data over steps 2-{len(la)}")
+print(f"train from s3://:    {vb:.1f} views/s, {wb:.2f} s waiting for data ({vb / va:.2f}x the folder); "
+      f"losses {'identical' if la == lb else 'DIFFER'}")
+PY
+

@@ -88,11 +88,8 @@ enum Place {
     Folder(PathBuf),
     /// Memory, where a new store's skeleton is assembled before it is created in its place.
     Memory,
-    /// A bucket prefix, through an S3 client; `fetch` runs concurrent row reads.
-    Bucket {
-        client: Arc<dyn ObjectStore>,
-        fetch: Arc<rayon::ThreadPool>,
-    },
+    /// A bucket prefix, through an S3 client.
+    Bucket { client: Arc<dyn ObjectStore> },
 }
 
 impl Backend {
@@ -129,17 +126,9 @@ impl Backend {
                     Arc::new(AsyncObjectStore::new(client.clone())),
                     BlockOn,
                 );
-                let fetch = rayon::ThreadPoolBuilder::new()
-                    .num_threads(OBJECT_FETCHES)
-                    .thread_name(|i| format!("tinymim-fetch-{i}"))
-                    .build()
-                    .map_err(|e| zarr_error(Box::new(e)))?;
                 Ok(Backend {
                     storage: Arc::new(storage),
-                    place: Place::Bucket {
-                        client,
-                        fetch: Arc::new(fetch),
-                    },
+                    place: Place::Bucket { client },
                 })
             }
         }
@@ -176,10 +165,10 @@ impl Backend {
 
     /// The thread pool that reads rows concurrently from object storage; `None` for a folder,
     /// where the caller's own parallelism suffices.
-    pub(crate) fn fetch_pool(&self) -> Option<Arc<rayon::ThreadPool>> {
+    pub(crate) fn fetch_pool(&self) -> Option<&'static rayon::ThreadPool> {
         match &self.place {
             Place::Folder(_) | Place::Memory => None,
-            Place::Bucket { fetch, .. } => Some(fetch.clone()),
+            Place::Bucket { .. } => Some(fetch_pool()),
         }
     }
 
@@ -295,6 +284,19 @@ struct ConditionalWriteError(String);
 /// The folder holding `path`.
 fn folder_of(path: &Path) -> &Path {
     path.parent().unwrap_or(Path::new("."))
+}
+
+/// The process's [`OBJECT_FETCHES`] threads for concurrent reads from object storage, started
+/// on first use.
+fn fetch_pool() -> &'static rayon::ThreadPool {
+    static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(OBJECT_FETCHES)
+            .thread_name(|i| format!("tinymim-fetch-{i}"))
+            .build()
+            .expect("the OS can start the fetch threads")
+    })
 }
 
 /// The runtime that drives the object-store client's futures for synchronous callers.

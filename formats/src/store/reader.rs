@@ -29,7 +29,7 @@ use ndarray::Array4;
 pub struct StoreReader {
     root: PathBuf,
     /// Runs the concurrent row reads of [`targets_of`](Self::targets_of) on object storage.
-    fetch: Option<Arc<rayon::ThreadPool>>,
+    fetch: Option<&'static rayon::ThreadPool>,
     header: StoreHeader,
     qkv: Option<QkvParams>,
     segments: Vec<SegmentRows>,
@@ -56,7 +56,7 @@ impl StoreReader {
     pub(super) fn load(
         root: PathBuf,
         storage: &Arc<Storage>,
-        fetch: Option<Arc<rayon::ThreadPool>>,
+        fetch: Option<&'static rayon::ThreadPool>,
         header: StoreHeader,
         qkv: Option<QkvParams>,
         segments: Vec<(String, SegmentState)>,

@@ -7,7 +7,6 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use rayon::prelude::*;
 use tinymim_formats::{StoreReader, Targets};
 
 use super::error::Result;
