@@ -21,17 +21,17 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, PutMode, PutPayload};
 use zarrs::filesystem::FilesystemStore;
+use zarrs::storage::byte_range::{ByteRange, ByteRangeIterator};
 use zarrs::storage::storage_adapter::async_to_sync::{
     AsyncToSyncBlockOn, AsyncToSyncStorageAdapter,
 };
-use zarrs::storage::byte_range::{ByteRange, ByteRangeIterator};
 use zarrs::storage::store::MemoryStore;
+use zarrs::storage::StoreKey;
 use zarrs::storage::{
     Bytes, ListableStorageTraits, MaybeBytes, MaybeBytesIterator, OffsetBytesIterator,
     ReadableStorageTraits, ReadableWritableListableStorageTraits, StorageError, StoreKeys,
     StoreKeysPrefixes, StorePrefix, WritableStorageTraits,
 };
-use zarrs::storage::StoreKey;
 use zarrs_object_store::AsyncObjectStore;
 
 use super::{Result, StoreError};
