@@ -16,25 +16,6 @@ use serde_json::Value;
 use store_fixture::{geometry, header, image, qkv_params, rows};
 use tinymim_formats::{Encoding, RelationStore, Targets};
 
-/// `<cache>/venv/bin/python`, the cache being `$TINYMIM_CACHE` or `<workspace>/.cache/tinymim`.
-fn cache_python() -> PathBuf {
-    let cache = std::env::var_os("TINYMIM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("formats/ lies in the workspace")
-                .join(".cache/tinymim")
-        });
-    let python = cache.join("venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/setup.sh to create the cache (zarr-python venv)",
-        python.display()
-    );
-    python
-}
-
 fn hex_list(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap()
@@ -63,7 +44,7 @@ fn zarr_python_reads_what_zarrs_wrote_to_object_storage() {
 /// Writes a store of `encoding` at `path` (a folder or an `s3://` URL), reads it with
 /// zarr-python (`env` added to its environment) and compares.
 fn writes_and_zarr_python_reads(encoding: Encoding, path: &Path, env: &[(&str, String)]) {
-    let python = cache_python();
+    let python = s3::python();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/read_store.py");
     {
         let header = header(encoding);

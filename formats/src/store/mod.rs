@@ -78,7 +78,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use zarrs::storage::{ListableStorageTraits, ReadableStorageTraits, StorePrefix};
+use zarrs::storage::{ListableStorageTraits, StorePrefix};
 
 pub use backend::{StoreLocation, OBJECT_FETCHES};
 pub use error::{Result, StoreError};
@@ -126,18 +126,14 @@ impl RelationStore {
             }
             (false, _) => None,
         };
-        let location = StoreLocation::of(path)?;
-        let backend = Backend::open(&location, path, true)?;
-        let root = zarrs::storage::StoreKey::new("zarr.json").expect("a valid key");
-        let exists = backend
-            .storage()
-            .get(&root)
-            .map_err(|e| StoreError::zarr("/", e).within(path))?
+        let backend = Arc::new(Backend::open(&StoreLocation::of(path)?, path, true)?);
+        let exists = group_attributes(backend.storage(), "/")
+            .map_err(|e| e.within(path))?
             .is_some();
         if !exists {
             Self::create(path, &backend, header, qkv)?;
         }
-        let store = Self::open(path)?;
+        let store = Self::with_backend(path, backend)?;
         check_same(&store.header, header)?;
         if let Some(params) = qkv {
             let stored = store.qkv_params()?.ok_or_else(|| {
@@ -207,17 +203,24 @@ impl RelationStore {
 
     /// Opens an existing store.
     pub fn open(path: &Path) -> Result<Self> {
+        let location = StoreLocation::of(path)?;
+        if let StoreLocation::Local(folder) = &location {
+            if !folder.is_dir() {
+                return Err(StoreError::NotAStore {
+                    path: path.to_path_buf(),
+                    reason: "no such folder".to_string(),
+                });
+            }
+        }
+        Self::with_backend(path, Arc::new(Backend::open(&location, path, false)?))
+    }
+
+    /// The store whose root `zarr.json` is in `backend` (at `path`, for messages).
+    fn with_backend(path: &Path, backend: Arc<Backend>) -> Result<Self> {
         let not_a_store = |reason: String| StoreError::NotAStore {
             path: path.to_path_buf(),
             reason,
         };
-        let location = StoreLocation::of(path)?;
-        if let StoreLocation::Local(folder) = &location {
-            if !folder.is_dir() {
-                return Err(not_a_store("no such folder".to_string()));
-            }
-        }
-        let backend = Arc::new(Backend::open(&location, path, false)?);
         let attributes = group_attributes(backend.storage(), "/")
             .map_err(|e| e.within(path))?
             .ok_or_else(|| not_a_store("no zarr.json at its root".to_string()))?;

@@ -34,12 +34,12 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// The cache's Python (with moto, boto3, s3fs and zarr-python).
+/// The cache's Python (`<cache>/venv/bin/python`, with zarr-python, s3fs, boto3 and moto).
 pub fn python() -> PathBuf {
     let python = cache().join("venv/bin/python");
     assert!(
         python.exists(),
-        "{} is missing: run scripts/setup.sh (it installs moto's S3 server)",
+        "{} is missing: run scripts/setup.sh to create the cache (zarr-python, s3fs, moto)",
         python.display()
     );
     python
