@@ -5,7 +5,7 @@
 //! - [`teacher`]: loading a teacher (exported, or third-party with a config) and running it to
 //!   the target block's q, k, v (and ln1);
 //! - [`encode`]: teacher outputs → float16 rows in the store's encoding;
-//! - [`source`]: the image folder, labels and `--shard i/n`;
+//! - [`source`]: the image folder, labels and `--shard i/n` (or the launcher's part);
 //! - [`pipeline`]: one extraction run (render → teacher → write, bounded and resumable);
 //! - [`inspect`], [`verify`]: reading a store back.
 

@@ -14,7 +14,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use tinymim_extract::inspect::inspect;
 use tinymim_extract::pipeline::{extract, ExtractOptions};
 use tinymim_extract::runtime::{Device, Runtime};
-use tinymim_extract::source::Shard;
+use tinymim_extract::source::{choose_shard, Shard};
 use tinymim_extract::teacher::{Teacher, TeacherConfig, TeacherOptions};
 use tinymim_extract::verify::{verify, Recompute};
 use tinymim_formats::{Encoding, RelationStore};
@@ -61,7 +61,9 @@ struct TeacherArgs {
     config: Option<PathBuf>,
     /// Where the teacher runs: auto (the CUDA execution provider when the loaded ONNX Runtime
     /// has it and a GPU is present, else the CPU), cpu, cuda or cuda:N (an error when the CUDA
-    /// provider cannot start; never a silent CPU fallback).
+    /// provider cannot start; never a silent CPU fallback). Bare cuda (and auto's GPU) is this
+    /// process's own under a launcher: GPU LOCAL_RANK (OMPI_COMM_WORLD_LOCAL_RANK,
+    /// SLURM_LOCALID), or 0 when CUDA_VISIBLE_DEVICES lists a single GPU.
     #[arg(long, value_name = "DEVICE", default_value_t = Device::Auto)]
     device: Device,
     /// ONNX Runtime intra-op threads [default: one per core].
@@ -95,9 +97,12 @@ struct RunArgs {
     /// Run seed of the view recipe.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Handle only part i of n of the images (by image hash), e.g. 0/4.
-    #[arg(long, value_name = "i/n", default_value = "0/1")]
-    shard: Shard,
+    /// Handle only part i of n of the images (by image hash), e.g. 0/4 [default: the launcher's
+    /// part: torchrun's RANK/WORLD_SIZE, Open MPI's OMPI_COMM_WORLD_RANK/SIZE or Slurm's
+    /// SLURM_PROCID/SLURM_NTASKS, times a Slurm job array's SLURM_ARRAY_TASK_*; else 0/1, every
+    /// image]. A given --shard wins over the launcher.
+    #[arg(long, value_name = "i/n")]
+    shard: Option<Shard>,
     /// Views per teacher batch.
     #[arg(long, value_name = "B", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     batch: u64,
@@ -217,6 +222,13 @@ fn run_extract(args: &RunArgs) -> anyhow::Result<()> {
     if !(args.checkpoint_secs >= 0.0 && args.checkpoint_secs.is_finite()) {
         anyhow::bail!("--checkpoint-secs must be a non-negative number of seconds");
     }
+    // The launcher's variables first: a malformed RANK is refused before the teacher loads.
+    let chosen = choose_shard(args.shard, &|name| std::env::var(name).ok()).context(
+        "no part of the images for this process from the launcher (--shard i/n gives one)",
+    )?;
+    if let Some(note) = &chosen.note {
+        eprintln!("extract: {note}");
+    }
     let out = args.out.clone().expect("clap requires --out");
     // An existing store keeps its encoding (opening refuses a missing folder: a new store).
     let existing = RelationStore::open(&out)
@@ -238,7 +250,7 @@ fn run_extract(args: &RunArgs) -> anyhow::Result<()> {
         encoding,
         out,
         seed: args.seed,
-        shard: args.shard,
+        shard: chosen.shard,
         batch: args.batch as usize,
         render_threads: args.render_threads.unwrap_or(cores),
         shard_rows: args.shard_rows,

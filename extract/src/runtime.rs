@@ -25,14 +25,16 @@ use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
+use tinymim_formats::launch::local_gpu;
 
 /// Environment variable naming the ONNX Runtime library file explicitly.
 pub const ORT_DYLIB_PATH: &str = "ORT_DYLIB_PATH";
 /// Environment variable naming the asset cache (see `scripts/setup.sh`).
 pub const TINYMIM_CACHE: &str = "TINYMIM_CACHE";
 
-/// Where the teacher runs, as asked for on the command line (`--device`): with `auto`, CUDA
-/// when the library has the CUDA execution provider and a GPU is present, else the CPU.
+/// Where the teacher runs, as asked for on the command line (`--device`): with `auto`, CUDA on
+/// the launcher's local GPU ([`tinymim_formats::launch::local_gpu`]) when the library has the
+/// CUDA execution provider and a GPU is present, else the CPU; bare `cuda` is that GPU too.
 pub use tinymim_formats::DeviceSpec as Device;
 
 /// The execution provider a session actually runs on.
@@ -211,7 +213,9 @@ impl Runtime {
         let has_gpu = gpu_present();
         match device {
             Device::Cpu => Ok(Provider::Cpu),
-            Device::Auto if has_provider && has_gpu => Ok(Provider::Cuda(0)),
+            Device::Auto if has_provider && has_gpu => {
+                Ok(Provider::Cuda(local_gpu(&|name| std::env::var(name).ok())))
+            }
             Device::Auto => Ok(Provider::Cpu),
             Device::Cuda(_) if !has_provider => Err(RuntimeError::CudaUnavailable {
                 device,

@@ -1,7 +1,8 @@
 //! The real `extract` binary on real photos with the real DINOv2-S teacher: rows, resumption,
-//! sharding, bad images, store refusal, inspect/verify and exit codes; resumption, concurrent
-//! shards, refusal and verify also on a store in a real S3-compatible server (moto's,
-//! `formats/tests/support/s3.rs`), whose `AWS_*` variables the child processes inherit.
+//! sharding (by `--shard` and by launcher variables), bad images, store refusal, inspect/verify
+//! and exit codes; resumption, concurrent shards, refusal and verify also on a store in a real
+//! S3-compatible server (moto's, `formats/tests/support/s3.rs`), whose `AWS_*` variables the
+//! child processes inherit.
 //!
 //! Expected content keys are computed here from `formats` (blake3 of the teacher file, the
 //! photo bytes and the view sampler), independently of the binary.
@@ -22,9 +23,36 @@ const VIEWS: u32 = 2;
 /// 1-based target block of the DINOv2-S config.
 const BLOCK: u32 = 12;
 
+/// The variables a launcher (torchrun, Open MPI, Slurm) sets, which choose a run's shard and
+/// GPU: cleared in every child, so that a test process itself started under a launcher runs the
+/// binary as one process unless a test sets them.
+const LAUNCHER_VARIABLES: [&str; 18] = [
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "OMPI_COMM_WORLD_RANK",
+    "OMPI_COMM_WORLD_SIZE",
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+    "SLURM_PROCID",
+    "SLURM_NTASKS",
+    "SLURM_LOCALID",
+    "SLURM_JOB_ID",
+    "SLURM_STEP_NODELIST",
+    "SLURM_JOB_NODELIST",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_ARRAY_TASK_COUNT",
+    "SLURM_ARRAY_TASK_MIN",
+    "SLURM_ARRAY_TASK_STEP",
+];
+
 fn extract_cmd() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_extract"));
     cmd.stdin(Stdio::null());
+    for name in LAUNCHER_VARIABLES {
+        cmd.env_remove(name);
+    }
     cmd
 }
 
@@ -333,17 +361,83 @@ fn two_shard_processes_into_one_object_store_equal_one_run_into_a_folder() {
 /// targets, bit for bit) of one unsharded run into a local folder.
 fn two_shard_processes_equal_one_run(sharded: &Path) {
     let images = image_folder(&PHOTOS);
+    let shard = |s| ["--shard", s, "--encoding", "qkv"];
+    let (first, second) = (shard("0/2"), shard("1/2"));
+    run_at_once(
+        images.path(),
+        sharded,
+        &[(first.as_slice(), &[]), (second.as_slice(), &[])],
+    );
+    assert_rows_of_one_run(images.path(), &[sharded]);
+}
+
+#[test]
+fn launcher_processes_without_shard_equal_one_run() {
+    let images = image_folder(&PHOTOS);
     let work = tempfile::tempdir().unwrap();
-    let whole = work.path().join("whole.zarr");
-    let children: Vec<_> = ["0/2", "1/2"]
+    let qkv = ["--encoding", "qkv"].as_slice();
+
+    // torchrun --nproc-per-node 2: RANK/WORLD_SIZE choose the parts.
+    let torchrun = work.path().join("torchrun.zarr");
+    let rank = |r| {
+        [
+            ("RANK", r),
+            ("WORLD_SIZE", "2"),
+            ("LOCAL_RANK", r),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", "29999"),
+        ]
+    };
+    let (rank_0, rank_1) = (rank("0"), rank("1"));
+    let logs = run_at_once(
+        images.path(),
+        &torchrun,
+        &[(qkv, rank_0.as_slice()), (qkv, rank_1.as_slice())],
+    );
+    for (i, log) in logs.iter().enumerate() {
+        let line = format!("extract: shard {i}/2 from torchrun (RANK/WORLD_SIZE)");
+        assert!(log.contains(&line), "{log}");
+    }
+
+    // sbatch --array=5-6: the array task chooses the part.
+    let array = work.path().join("array.zarr");
+    let task = |id| {
+        [
+            ("SLURM_ARRAY_TASK_ID", id),
+            ("SLURM_ARRAY_TASK_MIN", "5"),
+            ("SLURM_ARRAY_TASK_COUNT", "2"),
+        ]
+    };
+    let (task_5, task_6) = (task("5"), task("6"));
+    let logs = run_at_once(
+        images.path(),
+        &array,
+        &[(qkv, task_5.as_slice()), (qkv, task_6.as_slice())],
+    );
+    for (i, log) in logs.iter().enumerate() {
+        let line = format!(
+            "extract: shard {i}/2 from Slurm array task {i} of 2 (SLURM_ARRAY_TASK_ID={})",
+            5 + i
+        );
+        assert!(log.contains(&line), "{log}");
+    }
+
+    assert_rows_of_one_run(images.path(), &[&torchrun, &array]);
+}
+
+/// One process of a sharded run: its arguments after [`run_args`]' and its environment.
+type Process<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+
+/// Runs `processes` over the [`PHOTOS`] folder `images` into `store` all at once, as many
+/// machines would; expects each to succeed and all together to write every view once. Returns
+/// each process's stderr.
+fn run_at_once(images: &Path, store: &Path, processes: &[Process]) -> Vec<String> {
+    let children: Vec<_> = processes
         .iter()
-        .map(|shard| {
+        .map(|(extra, env)| {
             extract_cmd()
-                .args(run_args(
-                    images.path(),
-                    sharded,
-                    &["--shard", shard, "--encoding", "qkv"],
-                ))
+                .args(run_args(images, store, extra))
+                .envs(env.iter().copied())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -351,13 +445,11 @@ fn two_shard_processes_equal_one_run(sharded: &Path) {
         })
         .collect();
     let mut written = 0;
+    let mut logs = Vec::new();
     for child in children {
         let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{log}");
         let s: serde_json::Value = serde_json::from_str(
             String::from_utf8(out.stdout)
                 .unwrap()
@@ -369,15 +461,28 @@ fn two_shard_processes_equal_one_run(sharded: &Path) {
         written += s["views_written"].as_u64().unwrap();
         assert_eq!(
             s["images_used"].as_u64().unwrap() + s["images_other_shard"].as_u64().unwrap(),
-            3
+            PHOTOS.len() as u64
         );
+        logs.push(log);
     }
-    assert_eq!(written, 6);
-    run_ok(images.path(), &whole, &["--encoding", "qkv"]);
-    let (a, b) = (stored_keys(sharded), stored_keys(&whole));
-    assert_eq!(a.len(), 6);
-    assert_eq!(as_set(&a), as_set(&b));
-    assert_eq!(targets_by_key(sharded), targets_by_key(&whole));
+    assert_eq!(written, PHOTOS.len() as u64 * VIEWS as u64);
+    logs
+}
+
+/// Each of the `sharded` stores holds the rows (keys and targets, bit for bit) of one
+/// unsharded `qkv` run over the [`PHOTOS`] folder `images` into a local folder.
+fn assert_rows_of_one_run(images: &Path, sharded: &[&Path]) {
+    let work = tempfile::tempdir().unwrap();
+    let whole = work.path().join("whole.zarr");
+    run_ok(images, &whole, &["--encoding", "qkv"]);
+    let (keys, targets) = (stored_keys(&whole), targets_by_key(&whole));
+    assert_eq!(keys.len(), PHOTOS.len() * VIEWS as usize);
+    for store in sharded {
+        let store_keys = stored_keys(store);
+        assert_eq!(store_keys.len(), keys.len(), "{}", store.display());
+        assert_eq!(as_set(&store_keys), as_set(&keys), "{}", store.display());
+        assert_eq!(targets_by_key(store), targets, "{}", store.display());
+    }
 }
 
 /// Every committed row's targets (as f32 bit patterns) by content key.
@@ -577,11 +682,45 @@ fn usage_errors_exit_2_and_failures_exit_1_with_one_sentence() {
         "{err}"
     );
 
+    // Launcher variables that describe no process: refused, naming them, before any work.
+    let out = extract_cmd()
+        .args(with(&[]))
+        .envs([("RANK", "3"), ("WORLD_SIZE", "2")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("RANK=3 is not below WORLD_SIZE=2"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
     let mut args = with(&[]);
     args[1] = "/nowhere/teacher.onnx".into();
     let out = extract_cmd().args(args).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nowhere/teacher.onnx"));
+}
+
+#[test]
+fn a_given_shard_wins_over_the_launcher_with_a_note() {
+    let images = image_folder(&PHOTOS[..1]);
+    let store = images.path().join("r.zarr");
+    let out = extract_cmd()
+        .args(run_args(images.path(), &store, &["--shard", "0/1"]))
+        .envs([
+            ("SLURM_PROCID", "1"),
+            ("SLURM_NTASKS", "2"),
+            ("SLURM_JOB_ID", "77"),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("extract: --shard 0/1 overrides the launcher's part 1/2 (Slurm"),
+        "{err}"
+    );
+    // Part 0/1 is every image: both views of the one photo.
+    assert_eq!(stored_keys(&store).len(), VIEWS as usize);
 }
 
 #[test]

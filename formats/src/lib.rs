@@ -16,13 +16,17 @@
 //! - [`quant`]: 8-bit quantisation of `ln1` rows (the layouts an int8 encoding can take);
 //! - [`relation`]: relation maps softmax(q·kᵀ/√d), softmax(v·vᵀ/√d) computed on the CPU;
 //! - [`store`]: the content-addressed Zarr v3 relation store (`relations.zarr`);
-//! - [`vit`]: the ViT architectures and their timm/MAE checkpoints, which both phases read.
+//! - [`vit`]: the ViT architectures and their timm/MAE checkpoints, which both phases read;
+//! - [`launch`]: what torchrun, Open MPI or Slurm say about this process (rank, world, its
+//!   GPU, its part of an extraction), which both phases run under;
+//! - [`device`]: the `--device` argument both binaries take (`cuda` is the launcher's local GPU).
 
 pub mod atomic;
 pub mod device;
 pub mod encoding;
 pub mod hash;
 pub mod images;
+pub mod launch;
 pub mod quant;
 pub mod relation;
 pub mod render;
@@ -34,6 +38,7 @@ pub mod vit;
 pub use device::DeviceSpec;
 pub use encoding::{Encoding, Targets};
 pub use hash::{content_key, Hash32};
+pub use launch::{ExtractionPart, Launch, LaunchError, Launcher};
 pub use relation::{decode_maps, relation_maps, split_heads_qkv};
 pub use render::{render_view, Normalization, RenderError, SourceImage};
 pub use store::{
