@@ -12,7 +12,7 @@
 # The kernels are compiled for compute capability $CUDA_COMPUTE_CAP (default 90: Hopper,
 # H100/H200; 80 builds PTX that Ampere and Hopper both load). At run time the binary needs the
 # NVIDIA driver (libcuda.so.1) and the CUDA 13 runtime libraries libcudart.so.13,
-# libcublas.so.13, libcublasLt.so.13, libcurand.so.10 and libnvrtc.so.13 on the loader's
+# libcublas.so.13, libcublasLt.so.13, libcurand.so.10, libnvrtc.so.13 and NCCL's libnccl.so.2 on the loader's
 # path: scripts/cuda-libs.sh prints that path from an installed PyTorch or the nvidia-* wheels.
 # `extract` needs no CUDA build: its CUDA execution provider comes from the onnxruntime-gpu
 # library it loads at run time.
@@ -53,7 +53,7 @@ export CUDA_ROOT="$stubs"            # cudarc: link search for the stubs (lib/)
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 export LIBRARY_PATH="$stubs/lib:$toolkit/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
 began=$(date +%s)
-cargo build --profile "$profile" --locked -p tinymim-train --features cuda --bins \
+cargo build --profile "$profile" --locked -p tinymim-train --features cuda,nccl --bins \
   --example student_speed --example bench_train --example device_check --target-dir "$target"
 echo "build-cuda: built ($profile profile) in $(( $(date +%s) - began )) s for compute capability $CUDA_COMPUTE_CAP"
 

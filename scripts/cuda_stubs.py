@@ -2,7 +2,8 @@
 machine without a GPU (scripts/build-cuda.sh).
 
 candle 0.11 builds cudarc with `dynamic-linking`, so the final link needs libcuda (the driver,
-which no package outside a driver install ships), cuBLAS, cuBLASLt, cuRAND and NVRTC. A stub
+which no package outside a driver install ships), cuBLAS, cuBLASLt, cuRAND, NVRTC and (the
+`nccl` feature) NCCL. A stub
 exports every function cudarc declares for a library under that library's real SONAME, so the
 binary records the real names (libcuda.so.1, libcublas.so.13, ...) and binds to the real
 libraries at run time on a GPU machine. Called on a machine without them (LD_LIBRARY_PATH
@@ -26,6 +27,7 @@ LIBRARIES = [
     ("cublaslt", r"cublasLt\w*", "libcublasLt.so.13", "libcublasLt.so", 1),
     ("curand", r"curand\w*", "libcurand.so.10", "libcurand.so", 201),  # NOT_INITIALIZED
     ("nvrtc", r"nvrtc\w*", "libnvrtc.so.13", "libnvrtc.so", 1),  # OUT_OF_MEMORY: nothing built
+    ("nccl", r"nccl\w*", "libnccl.so.2", "libnccl.so", 2),  # ncclSystemError
 ]
 
 STUB_MESSAGE = "no CUDA driver: this is the build-time stub of libcuda.so.1 (tinymim)"
@@ -39,6 +41,8 @@ SPECIAL = {
     "cublasGetStatusName": "const char *cublasGetStatusName(int e) { (void)e; return MSG; }",
     "cublasLtGetStatusString": "const char *cublasLtGetStatusString(int e) { (void)e; return MSG; }",
     "cublasLtGetStatusName": "const char *cublasLtGetStatusName(int e) { (void)e; return MSG; }",
+    "ncclGetErrorString": "const char *ncclGetErrorString(int e) { (void)e; return MSG; }",
+    "ncclGetLastError": "const char *ncclGetLastError(void *c) { (void)c; return MSG; }",
 }
 
 

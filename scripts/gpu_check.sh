@@ -25,7 +25,12 @@
 #   5. the teacher: ONNX Runtime's CUDA provider is not carried (libonnxruntime_providers_cuda.so
 #      alone is 284 MB, over the 64 MiB a call carries), so the exported teacher graph's
 #      computation (MAE ViT-L to block 18, maps included) runs in PyTorch for the extraction
-#      rate (bench_torch_teacher.py).
+#      rate (bench_torch_teacher.py);
+#   6. many GPUs, where the machine has two or more: `train` on 2 ranks over NCCL (torchrun) vs
+#      one process, the same command line: per-step losses and gradient norms, and the scaling
+#      efficiency (2-GPU views/s ÷ twice the 1-GPU views/s). In a dry run: the CUDA build,
+#      started as rank 0 of 2 on the CPU, refuses with a sentence (its CPU collective is MPI,
+#      which the GPU build leaves out).
 # The PyTorch steps run where `import torch, timm` works and are recorded as skipped elsewhere.
 # Options: --bin DIR (binaries, default target/cuda/dist; a cargo profile folder such as
 # target/debug works too), --out DIR (default $OUT, else
@@ -90,7 +95,7 @@ jsonl="$out/gpu_check.jsonl"
 : > "$jsonl"
 began=$(date +%s)
 
-# The CUDA runtime libraries the binaries need (cuBLAS, cuRAND, NVRTC, cudart): PyTorch's
+# The CUDA runtime libraries the binaries need (cuBLAS, cuRAND, NVRTC, cudart, NCCL): PyTorch's
 # nvidia-* wheels on a GPU machine; in a dry run without them, the build's stubs, so that the
 # very binaries that travel to the GPU are the ones checked here on the CPU.
 libs="$(python3 - <<'PY' 2>/dev/null || true
@@ -98,7 +103,7 @@ import glob, os, site
 dirs = set()
 for sp in site.getsitepackages() + [site.getusersitepackages()]:
     for lib in glob.glob(os.path.join(sp, "nvidia", "**", "lib*.so*"), recursive=True):
-        if any(n in os.path.basename(lib) for n in ("cublas", "curand", "nvrtc", "cudart")):
+        if any(n in os.path.basename(lib) for n in ("cublas", "curand", "nvrtc", "cudart", "nccl")):
             dirs.add(os.path.dirname(lib))
 print(":".join(sorted(dirs)))
 PY
@@ -244,6 +249,56 @@ if [ "$has_torch" = 1 ]; then
   for precision in f32 bf16; do
     step "teacher-$precision" python3 scripts/bench_torch_teacher.py "${teacher[@]}" --precision "$precision" --json
   done
+fi
+
+# 6. Many GPUs: two ranks over NCCL vs one process, the same command line.
+gpus=0
+[ "$mode" = gpu ] && gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+data_parallel() {
+  local run=("$(exe train)" --cache "$data/ln1.zarr" --images "$data/photos" --student vit-tiny
+    --image-size 256 --epochs 100 --warmup-epochs 1 --batch 16 --base-lr 1e-3 --max-steps "$steps"
+    --precision f32 --no-jitter --quiet)
+  rm -rf "$out/dp-1" "$out/dp-2"
+  "${run[@]}" --device cuda:0 --out "$out/dp-1" >/dev/null
+  torchrun --standalone --nproc-per-node 2 --no-python "${run[@]}" --device cuda --out "$out/dp-2" >/dev/null
+  python3 - "$out" <<'PY'
+import json, statistics, sys
+out = sys.argv[1]
+def run(name):
+    return [json.loads(l) for l in open(f"{out}/{name}/metrics.jsonl") if l.strip()]
+one, two = run("dp-1"), run("dp-2")
+gap = lambda key: max(abs(a[key] - b[key]) / abs(b[key]) for a, b in zip(two, one))
+rate = lambda r: statistics.median(m["views_per_s"] for m in r[3:])
+efficiency = rate(two) / (2 * rate(one))
+ok = len(one) == len(two) and gap("loss") < 1e-3 and gap("grad_norm") < 1e-3
+print(json.dumps({"check": "data_parallel", "ranks": 2, "collective": "NCCL", "steps": len(two),
+                  "max_step_loss_rel_gap": gap("loss"), "max_step_grad_norm_rel_gap": gap("grad_norm"),
+                  "views_per_s_1gpu": rate(one), "views_per_s_2gpu": rate(two),
+                  "scaling_efficiency": efficiency, "pass": ok}))
+sys.exit(0 if ok else 1)
+PY
+}
+launcher_refused_on_cpu() {
+  local err="$out/launcher-refused.txt"
+  if RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=29531 "$(exe train)" --cache "$data/ln1.zarr" \
+      --images "$data/photos" --image-size 256 --epochs 1 --max-steps 1 --device cpu --quiet \
+      --collective-timeout 5 --out "$out/launcher-refused" 2> "$err"; then
+    echo "rank 0 of 2 on the CPU ran without a collective" >&2; return 1
+  fi
+  python3 - "$err" <<'PY'
+import json, sys
+message = open(sys.argv[1]).read().strip()
+ok = "built without MPI" in message and "2 processes" in message
+print(json.dumps({"check": "launcher_refused_without_mpi", "message": message, "pass": ok}))
+sys.exit(0 if ok else 1)
+PY
+}
+if [ "$gpus" -ge 2 ]; then
+  step data_parallel data_parallel
+elif [ "$mode" = dry ]; then
+  step launcher_refused launcher_refused_on_cpu
+else
+  echo "{\"check\": \"data_parallel\", \"skipped\": \"$gpus GPU(s) on this machine; the step needs 2\"}" >> "$jsonl"
 fi
 
 python3 - "$jsonl" "$out/gpu_check.json" "$failures" "$(( $(date +%s) - began ))" <<'PY'

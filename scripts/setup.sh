@@ -17,6 +17,11 @@
 #   cuda/13.0/     a CUDA 13.0 toolkit (nvcc, NVVM, headers, libcudart) from NVIDIA's PyPI
 #                  wheels, laid out like /usr/local/cuda
 #
+# With --mpi, for CPU data-parallel training (`train` built with --features mpi, started by
+# mpirun), it installs Debian's Open MPI (openmpi-bin, libopenmpi-dev) and libclang-dev (the
+# mpi crate generates its bindings with bindgen) through apt-get, as root or with sudo, unless
+# mpirun and mpicc are already there.
+#
 # With --ort-gpu, for `extract --device cuda` on a GPU machine:
 #
 #   onnxruntime-gpu/  ONNX Runtime's GPU build (onnxruntime-gpu wheel: the library and its CUDA
@@ -26,12 +31,14 @@ set -euo pipefail
 
 want_cuda=0
 want_ort_gpu=0
+want_mpi=0
 for arg in "$@"; do
   case "$arg" in
     --cuda) want_cuda=1 ;;
+    --mpi) want_mpi=1 ;;
     --ort-gpu) want_ort_gpu=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
-    *) echo "setup: unknown option $arg (known: --cuda, --ort-gpu)" >&2; exit 2 ;;
+    *) echo "setup: unknown option $arg (known: --cuda, --mpi, --ort-gpu)" >&2; exit 2 ;;
   esac
 done
 
@@ -204,6 +211,19 @@ WHEELS
     "$toolkit/bin/nvcc" --version | grep -q 'release 13.0' || { log "nvcc in $toolkit does not run"; exit 1; }
     touch "$toolkit/.complete"
   fi
+fi
+
+# Open MPI 4.1 from Debian (bookworm), for the `mpi` feature and its tests.
+if [ "$want_mpi" = 1 ]; then
+  if ! { command -v mpirun && command -v mpicc && ls /usr/lib/llvm-*/lib/libclang.so; } >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    log "installing Open MPI and libclang from Debian's packages"
+    $sudo apt-get install -y -q openmpi-bin libopenmpi-dev libclang-dev >/dev/null \
+      || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q openmpi-bin libopenmpi-dev libclang-dev >/dev/null; } \
+      || { log "apt-get install openmpi-bin libopenmpi-dev libclang-dev failed (root or sudo, and a Debian mirror, are needed)"; exit 1; }
+  fi
+  mpirun --version | head -1 | sed 's/^/setup: /' >&2
 fi
 
 log "ready: $cache"

@@ -401,6 +401,7 @@ fn main() -> anyhow::Result<()> {
                 first: 0,
                 count: 0,
                 prefetch: 0,
+                part: tinymim_train::dist::Part::WHOLE,
             };
             let order = spec.plan.epoch_order(&rows, 0);
             let micro = (rows.len() / batch) as u64;

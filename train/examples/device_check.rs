@@ -15,7 +15,10 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use tinymim_train::{relation_loss_parts, Gradients, Precision, Student, TrainRng, VitConfig};
+use tinymim_train::dist::Part;
+use tinymim_train::{
+    relation_loss_parts, Gradients, Precision, SampleDraws, Student, TrainRng, VitConfig,
+};
 
 /// Loss and gradients of one step of `student` (drop path drawn from `seed`).
 fn loss_and_grads(
@@ -24,8 +27,9 @@ fn loss_and_grads(
     seed: u64,
 ) -> candle_core::Result<(f64, Gradients)> {
     let mut rng = TrainRng::from_seed(seed);
+    let mut draws = SampleDraws::new(&mut rng, Part::WHOLE, inputs.0.dims()[0]);
     let (qk, vv) = student
-        .relation_logits(&inputs.0, Some(&mut rng))
+        .relation_logits(&inputs.0, Some(&mut draws))
         .map_err(candle_core::Error::wrap)?;
     let (l_qk, l_vv) =
         relation_loss_parts(&qk, &vv, &inputs.1, &inputs.2).map_err(candle_core::Error::wrap)?;

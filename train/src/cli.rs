@@ -187,10 +187,15 @@ pub struct TrainArgs {
     /// Continue from RUN_DIR/checkpoint.safetensors.
     #[arg(long)]
     pub resume: bool,
-    /// Training device: auto (the first GPU in a CUDA build when one answers, else the CPU),
-    /// cpu, cuda or cuda:N.
+    /// Training device: auto (this process's GPU in a CUDA build when one answers, else the
+    /// CPU), cpu, cuda (under torchrun/Slurm/mpirun the local rank's GPU, else the first) or
+    /// cuda:N.
     #[arg(long, value_name = "DEVICE", default_value_t = DeviceSpec::Auto)]
     pub device: DeviceSpec,
+    /// Under a launcher (torchrun, Slurm, mpirun): seconds the start-up rendezvous and each
+    /// gradient sum may take before the job is ended with a message (a peer died or stalled).
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub collective_timeout: u64,
     /// Precision of the student's matrix products (parameters, AdamW moments, norms, softmax
     /// and the loss are always f32).
     #[arg(long, value_enum, default_value_t = PrecisionArg::Auto)]

@@ -3,8 +3,9 @@
 //!
 //! CUDA needs a build with the `cuda` feature (`scripts/build-cuda.sh`); without it `cuda[:N]`
 //! is refused with a sentence saying how to get one, and `auto` is the CPU. `cuda:N` is the
-//! N-th GPU the process sees (after `CUDA_VISIBLE_DEVICES`), as in PyTorch; one process per GPU
-//! takes `cuda:$LOCAL_RANK`.
+//! N-th GPU the process sees (after `CUDA_VISIBLE_DEVICES`), as in PyTorch; under a launcher
+//! (one process per GPU), `auto` and `cuda` take the local rank's GPU
+//! ([`tinymim_formats::launch::local_gpu`]).
 
 use candle_core::Device;
 
@@ -37,7 +38,8 @@ pub fn open(spec: DeviceSpec) -> Result<Device, DeviceError> {
     match spec {
         DeviceSpec::Cpu => Ok(Device::Cpu),
         DeviceSpec::Auto if cfg!(feature = "cuda") => {
-            Ok(open(DeviceSpec::Cuda(0)).unwrap_or(Device::Cpu))
+            let local = tinymim_formats::launch::local_gpu(&|k| std::env::var(k).ok());
+            Ok(open(DeviceSpec::Cuda(local)).unwrap_or(Device::Cpu))
         }
         DeviceSpec::Auto => Ok(Device::Cpu),
         DeviceSpec::Cuda(_) if !cfg!(feature = "cuda") => Err(DeviceError::NotBuilt(spec)),

@@ -37,6 +37,18 @@ impl Gradients {
         self.grads.iter().map(|(n, g)| (n.as_str(), g))
     }
 
+    /// Replaces each gradient, in [`Gradients::iter`]'s order, by `f` of it (the data-parallel
+    /// sum writes the summed gradients back with it).
+    pub fn replace_each(
+        &mut self,
+        mut f: impl FnMut(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> Result<()> {
+        for g in self.grads.values_mut() {
+            *g = f(g)?;
+        }
+        Ok(())
+    }
+
     /// Adds `other` into `self` (gradient accumulation: the sum over micro-batches). A
     /// parameter present in only one side keeps that side's gradient.
     pub fn accumulate(&mut self, other: Gradients) -> Result<()> {

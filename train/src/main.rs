@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use cli::{Cli, Command};
+use tinymim_train::dist::World;
 
 fn main() {
     let cli = Cli::parse();
@@ -30,16 +31,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{report}");
         }
         None => {
+            // The launcher's variables first: a malformed RANK is refused before any work.
+            let launch = tinymim_formats::launch::Launch::from_env()?;
             let config = cli.train.config()?;
-            if config.progress {
+            let timeout = std::time::Duration::from_secs(cli.train.collective_timeout);
+            let world = World::join(&launch, &config.device, timeout)?;
+            if config.progress && world.is_lead() {
                 eprintln!(
-                    "train: device {}, {:?} products",
+                    "train: device {}, {:?} products, {}",
                     tinymim_train::device::describe(&config.device),
-                    config.precision
+                    config.precision,
+                    world.describe()
                 );
             }
-            let summary = tinymim_train::run::train(&config)?;
-            println!("{summary}");
+            let prepared = tinymim_train::run::Prepared::new(&config)?;
+            let summary = tinymim_train::run::train_in(&config, &prepared, &world)?;
+            if world.is_lead() {
+                println!("{summary}");
+            }
         }
     }
     Ok(())

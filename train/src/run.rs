@@ -22,6 +22,7 @@ use crate::data::{
     scan_images, BatchPlan, DataError, ImageCatalog, LoadedBatch, Loader, LoaderSpec, Payload,
     RenderSpec, RowSet, TargetDecoder, TargetFeed,
 };
+use crate::dist::{Part, World};
 use crate::distill::{Distiller, MicroBatch};
 use crate::error::TrainError;
 use crate::export::{export_student, WEIGHTS_FILE};
@@ -357,6 +358,7 @@ impl Prepared {
             first,
             count,
             prefetch,
+            part: Part::WHOLE,
         }
     }
 
@@ -581,10 +583,27 @@ pub fn train(config: &RunConfig) -> Result<RunSummary> {
 
 /// Runs training on an already prepared run.
 pub fn train_prepared(config: &RunConfig, prepared: &Prepared) -> Result<RunSummary> {
+    train_in(config, prepared, &World::single())
+}
+
+/// Runs training as one process of `world` (data parallel): the same command line gives the
+/// same run at any world size, `--batch` and `--accum` being global. Every process loads and
+/// trains on its part of each micro-batch and takes the same update; rank 0 alone writes the
+/// metrics, checkpoints and export, and every process returns the same summary.
+pub fn train_in(config: &RunConfig, prepared: &Prepared, world: &World) -> Result<RunSummary> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| RunError::Io { path, source }
     };
+    if config.batch < world.size() {
+        return Err(RunError::Setup(format!(
+            "--batch {} is smaller than the world of {} processes: each process needs at \
+             least one view of every micro-batch",
+            config.batch,
+            world.size()
+        )));
+    }
+    let lead = world.is_lead();
     std::fs::create_dir_all(&config.out).map_err(io(&config.out))?;
     let state = LoopState::of(config, &prepared.rows);
     let state_json = serde_json::to_value(&state).expect("loop state serialises");
@@ -595,11 +614,19 @@ pub fn train_prepared(config: &RunConfig, prepared: &Prepared) -> Result<RunSumm
     let total = config.epochs * prepared.plan.steps_per_epoch();
     let end = config.max_steps.map_or(total, |m| m.min(total)).max(start);
     let accum = config.accum as u64;
-    let loader =
-        Loader::start(prepared.loader_spec(start * accum, (end - start) * accum, config.prefetch));
-    let mut log = MetricsLog::open(&config.out, config.resume.then_some(start))
-        .map_err(io(&config.out.join(crate::metrics::METRICS_FILE)))?;
-    let progress = Progress::new(end, start, config.progress);
+    let loader = Loader::start(LoaderSpec {
+        part: world.part(),
+        ..prepared.loader_spec(start * accum, (end - start) * accum, config.prefetch)
+    });
+    let mut log = if lead {
+        Some(
+            MetricsLog::open(&config.out, config.resume.then_some(start))
+                .map_err(io(&config.out.join(crate::metrics::METRICS_FILE)))?,
+        )
+    } else {
+        None
+    };
+    let progress = Progress::new(end, start, config.progress && lead);
     let checkpoint_path = config.out.join(CHECKPOINT_FILE);
     let views_per_step = (config.batch * config.accum) as f64;
 
@@ -621,7 +648,7 @@ pub fn train_prepared(config: &RunConfig, prepared: &Prepared) -> Result<RunSumm
             micro.push(prepared.tensors(&batch, &config.device)?);
         }
         let batches: Vec<MicroBatch> = micro.iter().map(MicroTensors::micro_batch).collect();
-        let report = distiller.step(&batches)?;
+        let report = distiller.step_in(&batches, world, config.batch)?;
         if !report.loss.is_finite() {
             return Err(RunError::Setup(format!(
                 "the loss became {} at step {}; lower --base-lr or set --clip",
@@ -640,12 +667,14 @@ pub fn train_prepared(config: &RunConfig, prepared: &Prepared) -> Result<RunSumm
             views_per_s: views_per_step / seconds.max(1e-9),
             data_wait_s: wait,
         };
-        log.write(&metrics).map_err(io(log.path()))?;
+        if let Some(log) = &mut log {
+            log.write(&metrics).map_err(io(log.path()))?;
+        }
         progress.step(&metrics);
         total_wait += wait;
         last_loss = Some(report.loss);
         let every = config.checkpoint_every.unwrap_or(0);
-        if every > 0 && distiller.step % every == 0 && distiller.step < end {
+        if lead && every > 0 && distiller.step % every == 0 && distiller.step < end {
             Checkpoint::save(&checkpoint_path, &distiller, &state_json)?;
             progress.println(format!(
                 "step {}: saved {}",
@@ -656,8 +685,13 @@ pub fn train_prepared(config: &RunConfig, prepared: &Prepared) -> Result<RunSumm
     }
     drop(loader);
     let seconds = began.elapsed().as_secs_f64();
-    Checkpoint::save(&checkpoint_path, &distiller, &state_json)?;
-    export_student(&config.out, &distiller.student)?;
+    if lead {
+        Checkpoint::save(&checkpoint_path, &distiller, &state_json)?;
+        export_student(&config.out, &distiller.student)?;
+    }
+    // No process leaves before rank 0 has written the run's files: a launcher that sees the
+    // others finish may end the job.
+    world.barrier(&config.device, "the end-of-run barrier")?;
     progress.finish();
     let new_steps = end - start;
     Ok(RunSummary {

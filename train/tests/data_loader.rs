@@ -98,6 +98,7 @@ fn spec(world: &World, jitter: bool) -> LoaderSpec {
         first: 0,
         count: 6,
         prefetch: 2,
+        part: tinymim_train::dist::Part::WHOLE,
     }
 }
 

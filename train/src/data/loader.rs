@@ -14,6 +14,7 @@ use super::images::ImageCatalog;
 use super::order::BatchPlan;
 use super::pixels::{decode_images, render_rows, RenderSpec};
 use super::rows::{Row, RowSet};
+use crate::dist::Part;
 
 /// Where a micro-batch's targets come from.
 #[derive(Clone)]
@@ -65,13 +66,15 @@ pub struct LoaderSpec {
     pub count: u64,
     /// Micro-batches assembled ahead of the step (the channel's bound).
     pub prefetch: usize,
+    /// This process's part of every micro-batch ([`Part::WHOLE`] in one process).
+    pub part: Part,
 }
 
-/// Assembles one micro-batch (used by the loader thread, and directly by benchmarks).
+/// Assembles this process's part of one micro-batch (used by the loader thread, and directly
+/// by benchmarks).
 pub fn load_micro_batch(spec: &LoaderSpec, micro: u64, order: &[usize]) -> Result<LoadedBatch> {
-    let rows: Vec<Row> = spec
-        .plan
-        .micro_rows(micro, order)
+    let global = spec.plan.micro_rows(micro, order);
+    let rows: Vec<Row> = global[spec.part.range(global.len())]
         .iter()
         .map(|&i| *spec.rows.get(i))
         .collect();

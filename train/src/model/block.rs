@@ -1,14 +1,13 @@
 //! A pre-norm transformer block with per-sample drop path.
 
 use candle_core::Tensor;
-use rand::distr::{Bernoulli, Distribution};
 
 use super::attention::{Attention, HeadsQkv};
 use super::layers::{LayerNorm, Mlp};
 use super::params::ParamBuilder;
 use crate::error::Result;
 use crate::precision::Precision;
-use crate::rng::TrainRng;
+use crate::rng::SampleDraws;
 
 /// `x += DropPath(Attn(LN1 x)); x += DropPath(MLP(LN2 x))`.
 #[derive(Clone, Debug)]
@@ -49,7 +48,7 @@ impl Block {
 
     /// The full block on `[B, N, D]`. With `rng`, drop path is active (training); without,
     /// the block is deterministic (evaluation).
-    pub fn forward(&self, x: &Tensor, mut rng: Option<&mut TrainRng>) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, mut rng: Option<&mut SampleDraws>) -> Result<Tensor> {
         let attn = self.attn.forward(&self.norm1.forward(x)?)?;
         let x = (x + drop_path(&attn, self.drop_path, rng.as_deref_mut())?)?;
         let mlp = self.mlp.forward(&self.norm2.forward(&x)?)?;
@@ -66,35 +65,29 @@ impl Block {
 /// Zeroes whole samples of a residual branch `[B, ...]` with probability `rate` and scales
 /// the kept ones by 1/(1 − rate) (timm's `drop_path`, `scale_by_keep`). A no-op without an
 /// RNG or at rate 0, so it draws nothing then.
-fn drop_path(x: &Tensor, rate: f64, rng: Option<&mut TrainRng>) -> Result<Tensor> {
-    let Some(rng) = rng.filter(|_| rate > 0.0) else {
+fn drop_path(x: &Tensor, rate: f64, draws: Option<&mut SampleDraws>) -> Result<Tensor> {
+    let Some(draws) = draws.filter(|_| rate > 0.0) else {
         return Ok(x.clone());
     };
-    let keep = 1.0 - rate;
-    let coin = Bernoulli::new(keep).expect("rate validated to lie in [0, 1)");
-    let batch = x.dim(0)?;
-    let mask: Vec<f32> = (0..batch)
-        .map(|_| {
-            if coin.sample(rng) {
-                (1.0 / keep) as f32
-            } else {
-                0.0
-            }
-        })
-        .collect();
+    let mask = draws
+        .keep_scales(x.dim(0)?, 1.0 - rate)
+        .map_err(candle_core::Error::Msg)?;
     Ok(super::fused::scale_samples(x, &mask)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dist::Part;
+    use crate::rng::TrainRng;
     use candle_core::Device;
 
     #[test]
     fn drop_path_zeroes_or_rescales_whole_samples() {
         let x = Tensor::ones((64, 3, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
         let mut rng = TrainRng::from_seed(3);
-        let y = drop_path(&x, 0.25, Some(&mut rng)).unwrap();
+        let mut draws = SampleDraws::new(&mut rng, Part::WHOLE, 64);
+        let y = drop_path(&x, 0.25, Some(&mut draws)).unwrap();
         let rows = y.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
         let mut dropped = 0;
         for row in &rows {
@@ -126,7 +119,7 @@ mod tests {
             .unwrap();
         let mut rng = TrainRng::from_seed(3);
         let before = rng.state();
-        let y = drop_path(&x, 0.0, Some(&mut rng)).unwrap();
+        let y = drop_path(&x, 0.0, Some(&mut SampleDraws::new(&mut rng, Part::WHOLE, 4))).unwrap();
         assert_eq!(y.to_vec2::<f32>().unwrap(), x.to_vec2::<f32>().unwrap());
         assert_eq!(rng.state(), before, "rate 0 draws nothing");
         let y = drop_path(&x, 0.5, None).unwrap();

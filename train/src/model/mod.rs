@@ -20,7 +20,7 @@ pub use pos_embed::sincos_pos_embed;
 use crate::config::VitConfig;
 use crate::error::{expect_shape, Result, TrainError};
 use crate::precision::Precision;
-use crate::rng::TrainRng;
+use crate::rng::SampleDraws;
 use block::{Block, BlockSpec};
 use layers::{LayerNorm, PatchEmbed};
 use params::{ParamBuilder, Tracking};
@@ -267,7 +267,7 @@ impl Student {
     pub fn relation_qkv(
         &self,
         pixels: &Tensor,
-        mut rng: Option<&mut TrainRng>,
+        mut rng: Option<&mut SampleDraws>,
     ) -> Result<HeadsQkv> {
         let (last, body) = self.blocks.split_last().expect("depth validated positive");
         let mut x = self.embed(pixels)?;
@@ -281,7 +281,7 @@ impl Student {
     pub fn relation_logits(
         &self,
         pixels: &Tensor,
-        rng: Option<&mut TrainRng>,
+        rng: Option<&mut SampleDraws>,
     ) -> Result<(Tensor, Tensor)> {
         self.relation_qkv(pixels, rng)?.relation_logits()
     }
