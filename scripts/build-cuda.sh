@@ -4,7 +4,8 @@
 # link-time stubs of the driver, cuBLAS, cuRAND and NVRTC (scripts/cuda_stubs.py), then
 #
 #   target/cuda/release/train            `train` with candle's CUDA backend (--device cuda[:N])
-#   target/cuda/release/examples/...     student_speed, bench_train, device_check (GPU checks)
+#   target/cuda/release/examples/...     student_speed, bench_train, device_check, rendezvous_check
+#                                        (GPU checks)
 #   target/cuda/dist/                    the same, stripped (about 55 MB each: the kernels' PTX)
 #   target/cuda/carry/                   the same, xz-compressed (about 9 MB each), to copy to a
 #                                        GPU machine; scripts/gpu_check.sh unpacks them there
@@ -54,13 +55,14 @@ export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 export LIBRARY_PATH="$stubs/lib:$toolkit/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
 began=$(date +%s)
 cargo build --profile "$profile" --locked -p tinymim-train --features cuda,nccl --bins \
-  --example student_speed --example bench_train --example device_check --target-dir "$target"
+  --example student_speed --example bench_train --example device_check --example rendezvous_check \
+  --target-dir "$target"
 echo "build-cuda: built ($profile profile) in $(( $(date +%s) - began )) s for compute capability $CUDA_COMPUTE_CAP"
 
 out_dir="$target/$([ "$profile" = dev ] && echo debug || echo "$profile")"
 dist="$work/dist"
 mkdir -p "$dist"
-for bin in train examples/student_speed examples/bench_train examples/device_check; do
+for bin in train examples/student_speed examples/bench_train examples/device_check examples/rendezvous_check; do
   strip -o "$dist/$(basename "$bin")" "$out_dir/$bin"
 done
 if [ "$profile" = release ]; then
@@ -73,4 +75,4 @@ fi
 # Which libraries the binaries ask the loader for: the real names, never the stubs' paths.
 readelf -d "$dist/train" | grep -q 'libcuda.so.1' || { echo "build-cuda: train does not link libcuda.so.1" >&2; exit 1; }
 echo "build-cuda: stripped binaries in $dist ($(du -sh "$dist" | cut -f1)); needs at run time:" \
-  "$(readelf -d "$dist/train" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | grep -E 'cu|nvrtc' | tr '\n' ' ')"
+  "$(readelf -d "$dist/train" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | grep -E 'cu|nvrtc|nccl' | tr '\n' ' ')"

@@ -26,7 +26,9 @@
 #      alone is 284 MB, over the 64 MiB a call carries), so the exported teacher graph's
 #      computation (MAE ViT-L to block 18, maps included) runs in PyTorch for the extraction
 #      rate (bench_torch_teacher.py);
-#   6. many GPUs, where the machine has two or more: `train` on 2 ranks over NCCL (torchrun) vs
+#   6. many GPUs: where PyTorch is, the start-up hand-off of 4 ranks under a real torchrun (its
+#      store on MASTER_PORT; no GPU needed: rendezvous_check); where the machine has two GPUs or
+#      more, `train` on 2 ranks over NCCL (torchrun) vs
 #      one process, the same command line: per-step losses and gradient norms, and the scaling
 #      efficiency (2-GPU views/s ÷ twice the 1-GPU views/s). In a dry run: the CUDA build,
 #      started as rank 0 of 2 on the CPU, refuses with a sentence (its CPU collective is MPI,
@@ -87,7 +89,7 @@ if [ ! -x "$bin/train" ] && [ -d "$carry" ] && [ "$bin" = "$root/target/cuda/dis
 fi
 # A binary of $bin: there (dist/), or in its examples/ (a cargo profile folder such as target/debug).
 exe() { if [ -x "$bin/$1" ]; then echo "$bin/$1"; else echo "$bin/examples/$1"; fi; }
-for b in train device_check student_speed bench_train; do
+for b in train device_check student_speed bench_train rendezvous_check; do
   [ -x "$(exe $b)" ] || { log "missing $b in $bin: build it with scripts/build-cuda.sh"; exit 1; }
 done
 mkdir -p "$out"
@@ -260,7 +262,8 @@ data_parallel() {
     --precision f32 --no-jitter --quiet)
   rm -rf "$out/dp-1" "$out/dp-2"
   "${run[@]}" --device cuda:0 --out "$out/dp-1" >/dev/null
-  torchrun --standalone --nproc-per-node 2 --no-python "${run[@]}" --device cuda --out "$out/dp-2" >/dev/null
+  python3 -m torch.distributed.run --standalone --nproc-per-node 2 --no-python "${run[@]}" --device cuda \
+    --out "$out/dp-2" >/dev/null
   python3 - "$out" <<'PY'
 import json, statistics, sys
 out = sys.argv[1]
@@ -293,6 +296,20 @@ print(json.dumps({"check": "launcher_refused_without_mpi", "message": message, "
 sys.exit(0 if ok else 1)
 PY
 }
+torchrun_rendezvous() {
+  python3 -m torch.distributed.run --standalone --nproc-per-node 4 --no-python \
+    "$(exe rendezvous_check)" --timeout 60 > "$out/rendezvous.jsonl"
+  python3 - "$out/rendezvous.jsonl" <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+digests = {l["payload_blake3"] for l in lines}
+ok = sorted(l["rank"] for l in lines) == [0, 1, 2, 3] and len(digests) == 1 and all(l["via_torch_store"] for l in lines)
+print(json.dumps({"check": "torchrun_rendezvous", "ranks": len(lines), "one_payload": len(digests) == 1,
+                  "via_torch_store": all(l["via_torch_store"] for l in lines), "pass": ok}))
+sys.exit(0 if ok else 1)
+PY
+}
+[ "$has_torch" = 1 ] && step torchrun_rendezvous torchrun_rendezvous
 if [ "$gpus" -ge 2 ]; then
   step data_parallel data_parallel
 elif [ "$mode" = dry ]; then

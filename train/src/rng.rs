@@ -135,7 +135,11 @@ mod tests {
                     .keep_scales(3, 0.5)
                     .unwrap(),
             );
-            assert_eq!(rng.state(), whole_rng.state(), "every rank's stream advances alike");
+            assert_eq!(
+                rng.state(),
+                whole_rng.state(),
+                "every rank's stream advances alike"
+            );
         }
         assert_eq!(joined, whole);
         let mut rng = TrainRng::from_seed(5);

@@ -60,14 +60,24 @@ fn single(args: &[String]) -> Output {
         .args(args)
         .output()
         .expect("the train binary runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
 /// `mpirun -n ranks train …`, started (shared memory between the ranks of this machine).
 fn mpirun(ranks: usize, args: &[String]) -> Child {
     Command::new("mpirun")
-        .args(["-n", &ranks.to_string(), "--oversubscribe", "--bind-to", "none"])
+        .args([
+            "-n",
+            &ranks.to_string(),
+            "--oversubscribe",
+            "--bind-to",
+            "none",
+        ])
         .args(["--mca", "btl", "self,vader"])
         .args(["--mca", "btl_vader_single_copy_mechanism", "none"])
         .arg(env!("CARGO_BIN_EXE_train"))
@@ -106,7 +116,10 @@ fn steps(run: &Path) -> Vec<(f64, f64)> {
         .lines()
         .map(|line| {
             let r: serde_json::Value = serde_json::from_str(line).unwrap();
-            (r["loss"].as_f64().unwrap(), r["grad_norm"].as_f64().unwrap())
+            (
+                r["loss"].as_f64().unwrap(),
+                r["grad_norm"].as_f64().unwrap(),
+            )
         })
         .collect()
 }
@@ -147,10 +160,7 @@ fn compared(name: &str, len: usize) -> Vec<std::ops::Range<usize>> {
 /// of its tensor.
 fn weight_difference(a: &Path, b: &Path) -> f64 {
     let (a, b) = (weights(a), weights(b));
-    assert_eq!(
-        a.keys().collect::<Vec<_>>(),
-        b.keys().collect::<Vec<_>>()
-    );
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     a.iter()
         .map(|(name, x)| {
             let y = &b[name];
@@ -203,7 +213,10 @@ fn two_mpi_ranks_train_the_one_process_run_and_resume_at_another_world_size() {
     assert!(job.status.success(), "{stderr}");
     let stdout = String::from_utf8_lossy(&job.stdout);
     assert_eq!(
-        stdout.lines().filter(|l| l.starts_with("trained 4 steps")).count(),
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("trained 4 steps"))
+            .count(),
         1,
         "rank 0 alone prints the summary: {stdout}"
     );
@@ -219,7 +232,11 @@ fn two_mpi_ranks_train_the_one_process_run_and_resume_at_another_world_size() {
         mpirun(2, &run_args(&world.store, &resumed, &["--max-steps", "2"])),
         Duration::from_secs(300),
     );
-    assert!(half.status.success(), "{}", String::from_utf8_lossy(&half.stderr));
+    assert!(
+        half.status.success(),
+        "{}",
+        String::from_utf8_lossy(&half.stderr)
+    );
     assert_eq!(steps(&resumed).len(), 2);
     single(&run_args(&world.store, &resumed, &["--resume"]));
     assert_same_run(&resumed, &one, TOLERANCE);
@@ -229,14 +246,17 @@ fn two_mpi_ranks_train_the_one_process_run_and_resume_at_another_world_size() {
 /// rank mpirun gave it).
 fn rank_pid(out: &Path, rank: usize) -> Option<u32> {
     let marker = format!("OMPI_COMM_WORLD_RANK={rank}");
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-        let environ = std::fs::read(entry.path().join("environ")).ok()?;
-        let mine = String::from_utf8_lossy(&cmdline).contains(out.to_str()?)
-            && environ.split(|&b| b == 0).any(|v| v == marker.as_bytes());
-        mine.then_some(pid)
-    })
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            let mine = String::from_utf8_lossy(&cmdline).contains(out.to_str()?)
+                && environ.split(|&b| b == 0).any(|v| v == marker.as_bytes());
+            mine.then_some(pid)
+        })
 }
 
 /// Starts a long two-rank job, waits for its first step, does `signal` to rank 1 and returns
@@ -252,11 +272,15 @@ fn job_with_rank_one(signal: i32, timeout_s: &str) -> Output {
     let job = mpirun(2, &args);
     let began = Instant::now();
     let pid = loop {
-        let started = std::fs::read_to_string(out.join("metrics.jsonl")).is_ok_and(|m| !m.is_empty());
+        let started =
+            std::fs::read_to_string(out.join("metrics.jsonl")).is_ok_and(|m| !m.is_empty());
         if let (true, Some(pid)) = (started, rank_pid(&out, 1)) {
             break pid;
         }
-        assert!(began.elapsed() < Duration::from_secs(120), "the job never started");
+        assert!(
+            began.elapsed() < Duration::from_secs(120),
+            "the job never started"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     // SAFETY: kill(2) on a pid this test found as its own job's rank 1.
@@ -274,7 +298,10 @@ fn a_killed_rank_fails_the_whole_job() {
     let out = job_with_rank_one(libc::SIGKILL, "600");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("signal 9"), "mpirun names the death: {stderr}");
+    assert!(
+        stderr.contains("signal 9"),
+        "mpirun names the death: {stderr}"
+    );
 }
 
 #[test]

@@ -79,7 +79,10 @@ mod tests {
 
     #[test]
     fn buckets_cover_every_item_in_order_within_the_limit() {
-        assert_eq!(bucket_bounds(&[3, 4, 2, 9, 1, 1], 8), vec![0..2, 2..3, 3..4, 4..6]);
+        assert_eq!(
+            bucket_bounds(&[3, 4, 2, 9, 1, 1], 8),
+            vec![0..2, 2..3, 3..4, 4..6]
+        );
         assert_eq!(bucket_bounds(&[8, 8], 8), vec![0..1, 1..2]);
         assert_eq!(bucket_bounds(&[1, 1, 1], 100), vec![0..3]);
         assert!(bucket_bounds(&[], 8).is_empty());

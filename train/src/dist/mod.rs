@@ -214,7 +214,9 @@ fn nccl_collective(
     timeout: Duration,
     watchdog: &Watchdog,
 ) -> Result<Box<dyn Collective>, DistError> {
-    Ok(Box::new(nccl::Nccl::join(launch, device, timeout, watchdog)?))
+    Ok(Box::new(nccl::Nccl::join(
+        launch, device, timeout, watchdog,
+    )?))
 }
 
 #[cfg(not(feature = "nccl"))]
@@ -262,9 +264,10 @@ mod tests {
                 for pair in ranges.windows(2) {
                     assert_eq!(pair[0].end, pair[1].start, "{ranges:?}");
                 }
-                let (min, max) = ranges.iter().map(|r| r.len()).fold((usize::MAX, 0), |a, l| {
-                    (a.0.min(l), a.1.max(l))
-                });
+                let (min, max) = ranges
+                    .iter()
+                    .map(|r| r.len())
+                    .fold((usize::MAX, 0), |a, l| (a.0.min(l), a.1.max(l)));
                 assert!(min >= 1 && max - min <= 1, "{global}/{count}: {ranges:?}");
             }
         }

@@ -22,12 +22,13 @@ impl Mpi {
     pub fn join(launch: &Launch, watchdog: &Watchdog) -> Result<Mpi, DistError> {
         let armed = watchdog.arm("MPI's start-up (every rank joins)");
         // Only the main thread calls MPI; loader and watchdog threads never do.
-        let (universe, _) = mpi::initialize_with_threading(Threading::Funneled).ok_or_else(|| {
-            DistError::Library {
-                library: "MPI",
-                message: "MPI was already initialised in this process".to_string(),
-            }
-        })?;
+        let (universe, _) =
+            mpi::initialize_with_threading(Threading::Funneled).ok_or_else(|| {
+                DistError::Library {
+                    library: "MPI",
+                    message: "MPI was already initialised in this process".to_string(),
+                }
+            })?;
         drop(armed);
         let world = universe.world();
         let (rank, size) = (world.rank() as usize, world.size() as usize);

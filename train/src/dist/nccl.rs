@@ -1,11 +1,10 @@
 //! The GPU collective: NCCL through cudarc (candle's `nccl` feature). Rank 0 creates the
-//! NCCL unique id and hands it to the others over TCP at `MASTER_ADDR:MASTER_PORT`
-//! ([`super::rendezvous`]); each process then joins the communicator on its own device.
+//! NCCL unique id and hands it to the others over TCP at `MASTER_ADDR:MASTER_PORT` (torchrun's
+//! store there, or rank 0's own listener: [`super::rendezvous`]); each process then joins the
+//! communicator on its own device.
 
-use std::net::TcpListener;
 use std::time::Duration;
 
-use candle_core::cuda_backend::cudarc::driver::DeviceSlice;
 use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
 use candle_core::{CpuStorage, CudaStorage, Device, InplaceOp1, Layout, Tensor};
 use tinymim_formats::launch::Launch;
@@ -27,28 +26,18 @@ impl Nccl {
         timeout: Duration,
         watchdog: &Watchdog,
     ) -> Result<Nccl, DistError> {
-        let (host, port) = launch.master.clone().ok_or_else(|| {
-            DistError::Rendezvous(format!(
-                "{} gives no MASTER_ADDR/MASTER_PORT for rank 0's rendezvous",
-                launch.launcher
-            ))
-        })?;
         let library = |e: &dyn std::fmt::Debug| DistError::Library {
             library: "NCCL",
             message: format!("{e:?}"),
         };
+        let env = |name: &str| std::env::var(name).ok();
         let id = if launch.rank == 0 {
             let id = Id::new().map_err(|e| library(&e))?;
             let bytes: Vec<u8> = id.internal().iter().map(|&c| c as u8).collect();
-            let listener = TcpListener::bind(("0.0.0.0", port)).map_err(|e| {
-                DistError::Rendezvous(format!(
-                    "rank 0: cannot listen on MASTER_PORT={port}: {e}"
-                ))
-            })?;
-            rendezvous::serve(&listener, launch.world_size, &bytes, timeout)?;
+            rendezvous::hand_off(launch, &env, Some(&bytes), timeout)?;
             id
         } else {
-            let bytes = rendezvous::fetch((&host, port), launch.rank, launch.world_size, timeout)?;
+            let bytes = rendezvous::hand_off(launch, &env, None, timeout)?;
             let internal: [std::ffi::c_char; 128] = bytes
                 .iter()
                 .map(|&b| b as std::ffi::c_char)

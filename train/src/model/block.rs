@@ -119,7 +119,12 @@ mod tests {
             .unwrap();
         let mut rng = TrainRng::from_seed(3);
         let before = rng.state();
-        let y = drop_path(&x, 0.0, Some(&mut SampleDraws::new(&mut rng, Part::WHOLE, 4))).unwrap();
+        let y = drop_path(
+            &x,
+            0.0,
+            Some(&mut SampleDraws::new(&mut rng, Part::WHOLE, 4)),
+        )
+        .unwrap();
         assert_eq!(y.to_vec2::<f32>().unwrap(), x.to_vec2::<f32>().unwrap());
         assert_eq!(rng.state(), before, "rate 0 draws nothing");
         let y = drop_path(&x, 0.5, None).unwrap();
