@@ -21,7 +21,9 @@ out="${BENCH_OUT:-$root/runs/s3}"
 images="${IMAGES:-500}"
 views="${VIEWS:-2}"
 rm -rf "$out" && mkdir -p "$out/images"
-find "$cache/fashion-mnist/held-out" -type f | sort | head -n "$images" | while read -r f; do
+# The first IMAGES in name order (read whole: `head` closing the pipe early would fail it).
+mapfile -t held_out < <(find "$cache/fashion-mnist/held-out" -type f | sort)
+for f in "${held_out[@]:0:$images}"; do
   ln -s "$f" "$out/images/$(basename "$f")"
 done
 

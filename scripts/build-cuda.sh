@@ -4,8 +4,8 @@
 # link-time stubs of the driver, cuBLAS, cuRAND and NVRTC (scripts/cuda_stubs.py), then
 #
 #   target/cuda/release/train            `train` with candle's CUDA backend (--device cuda[:N])
-#   target/cuda/release/examples/...     student_speed, bench_train, device_check, rendezvous_check
-#                                        (GPU checks)
+#   target/cuda/release/examples/...     student_speed, bench_train, device_check (GPU checks),
+#                                        rendezvous_check (a CPU build: the multi-GPU start-up)
 #   target/cuda/dist/                    the same, stripped (about 55 MB each: the kernels' PTX)
 #   target/cuda/carry/                   the same, xz-compressed (about 9 MB each), to copy to a
 #                                        GPU machine; scripts/gpu_check.sh unpacks them there
@@ -55,8 +55,9 @@ export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 export LIBRARY_PATH="$stubs/lib:$toolkit/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
 began=$(date +%s)
 cargo build --profile "$profile" --locked -p tinymim-train --features cuda,nccl --bins \
-  --example student_speed --example bench_train --example device_check --example rendezvous_check \
-  --target-dir "$target"
+  --example student_speed --example bench_train --example device_check --target-dir "$target"
+# The start-up hand-off check needs no CUDA: a CPU build, small to carry.
+cargo build --profile "$profile" --locked -p tinymim-train --example rendezvous_check --target-dir "$target"
 echo "build-cuda: built ($profile profile) in $(( $(date +%s) - began )) s for compute capability $CUDA_COMPUTE_CAP"
 
 out_dir="$target/$([ "$profile" = dev ] && echo debug || echo "$profile")"

@@ -161,22 +161,29 @@ fi
 # 1. Step parity.
 step parity "$(exe device_check)" --device "$device" --preset vit-tiny --batch "$parity_batch" --heads 6
 
-# 1b. Dry run only: asking this build for a GPU where there is none fails with a sentence.
-cuda_refused() {
-  local err="$out/cuda-refused.txt"
-  if "$(exe train)" --cache "$data/ln1.zarr" --images "$data/photos" --image-size 256 \
-      --epochs 1 --warmup-epochs 0 --max-steps 1 --device cuda:0 --quiet --out "$out/refused" 2> "$err"; then
-    echo "train --device cuda:0 succeeded on a machine without a GPU" >&2; return 1
+# `train` on the check data where it must fail with a sentence: CHECK names the figure, WANT is a
+# Python condition on its `message`; then VAR=VALUE assignments, `--`, and the run's arguments.
+train_refused() {
+  local check=$1 want=$2 vars=()
+  shift 2
+  while [ "$1" != -- ]; do vars+=("$1"); shift; done
+  shift
+  local err="$out/$check.txt"
+  if env "${vars[@]}" "$(exe train)" --cache "$data/ln1.zarr" --images "$data/photos" --image-size 256 \
+      --epochs 1 --warmup-epochs 0 --max-steps 1 --quiet --out "$out/$check" "$@" 2> "$err"; then
+    echo "$check: train $* succeeded" >&2; return 1
   fi
-  python3 - "$err" <<'PY'
+  python3 - "$err" "$check" "$want" <<'PY'
 import json, sys
 message = open(sys.argv[1]).read().strip()
-ok = "no usable CUDA device" in message or "built without CUDA support" in message
-print(json.dumps({"check": "cuda_refused_without_gpu", "message": message, "pass": ok}))
+ok = bool(eval(sys.argv[3], {"message": message}))
+print(json.dumps({"check": sys.argv[2], "message": message, "pass": ok}))
 sys.exit(0 if ok else 1)
 PY
 }
-[ "$mode" = dry ] && step cuda_refused cuda_refused
+# 1b. Dry run only: asking this build for a GPU where there is none fails with a sentence.
+[ "$mode" = dry ] && step cuda_refused train_refused cuda_refused_without_gpu \
+  '"no usable CUDA device" in message or "built without CUDA support" in message' -- --device cuda:0
 
 # 2. Training from a store: the same command on the device and on the CPU.
 train_on() {
@@ -281,21 +288,6 @@ print(json.dumps({"check": "data_parallel", "ranks": 2, "collective": "NCCL", "s
 sys.exit(0 if ok else 1)
 PY
 }
-launcher_refused_on_cpu() {
-  local err="$out/launcher-refused.txt"
-  if RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=29531 "$(exe train)" --cache "$data/ln1.zarr" \
-      --images "$data/photos" --image-size 256 --epochs 1 --max-steps 1 --device cpu --quiet \
-      --collective-timeout 5 --out "$out/launcher-refused" 2> "$err"; then
-    echo "rank 0 of 2 on the CPU ran without a collective" >&2; return 1
-  fi
-  python3 - "$err" <<'PY'
-import json, sys
-message = open(sys.argv[1]).read().strip()
-ok = "built without MPI" in message and "2 processes" in message
-print(json.dumps({"check": "launcher_refused_without_mpi", "message": message, "pass": ok}))
-sys.exit(0 if ok else 1)
-PY
-}
 torchrun_rendezvous() {
   python3 -m torch.distributed.run --standalone --nproc-per-node 4 --no-python \
     "$(exe rendezvous_check)" --timeout 60 > "$out/rendezvous.jsonl"
@@ -313,7 +305,9 @@ PY
 if [ "$gpus" -ge 2 ]; then
   step data_parallel data_parallel
 elif [ "$mode" = dry ]; then
-  step launcher_refused launcher_refused_on_cpu
+  step launcher_refused train_refused launcher_refused_without_mpi \
+    '"built without MPI" in message and "2 processes" in message' \
+    RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=29531 -- --device cpu --collective-timeout 5
 else
   echo "{\"check\": \"data_parallel\", \"skipped\": \"$gpus GPU(s) on this machine; the step needs 2\"}" >> "$jsonl"
 fi

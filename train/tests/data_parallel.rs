@@ -152,7 +152,7 @@ fn compared(name: &str, len: usize) -> Vec<std::ops::Range<usize>> {
     if name.ends_with(".attn.qkv.bias") {
         vec![0..len / 3, 2 * len / 3..len]
     } else {
-        vec![0..len]
+        std::iter::once(0..len).collect()
     }
 }
 
@@ -314,4 +314,38 @@ fn a_stalled_rank_ends_the_job_at_the_collective_timeout_with_a_message() {
             && stderr.contains("did not complete within 3 s"),
         "{stderr}"
     );
+}
+
+#[test]
+fn launcher_variables_mpi_cannot_serve_are_refused_with_a_sentence() {
+    let world = World::new(2, 1);
+    let out = world.dir.path().join("run");
+    let refused = |env: &[(&str, &str)]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_train"))
+            .args(run_args(
+                &world.store,
+                &out,
+                &["--collective-timeout", "60"],
+            ))
+            .envs(env.iter().copied())
+            .output()
+            .expect("the train binary runs");
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    // torchrun's variables on the CPU: MPI, started without mpirun, sees one process.
+    let err = refused(&[
+        ("RANK", "1"),
+        ("WORLD_SIZE", "2"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", "29517"),
+    ]);
+    assert!(
+        err.contains("rank 1 of 2") && err.contains("mpirun -n 2"),
+        "{err}"
+    );
+    // A rank outside its world: named, before any work.
+    let err = refused(&[("RANK", "2"), ("WORLD_SIZE", "2")]);
+    assert!(err.contains("RANK=2 is not below WORLD_SIZE=2"), "{err}");
+    assert!(!out.join("metrics.jsonl").exists());
 }

@@ -109,22 +109,13 @@ pub fn fetch(
 ) -> Result<Vec<u8>, DistError> {
     let deadline = Instant::now() + timeout;
     let where_ = format!("{}:{}", master.0, master.1);
-    let mut stream = loop {
-        let last = match resolve(master)
-            .and_then(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
-        {
-            Ok(stream) => break stream,
-            Err(e) => e,
-        };
-        if Instant::now() >= deadline {
-            return Err(DistError::Rendezvous(format!(
-                "rank {rank}: cannot reach rank 0 at MASTER_ADDR:MASTER_PORT = {where_} within \
-                 {} s: {last}",
-                timeout.as_secs()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let mut stream = connect_until(master, deadline).map_err(|last| {
+        DistError::Rendezvous(format!(
+            "rank {rank}: cannot reach rank 0 at MASTER_ADDR:MASTER_PORT = {where_} within {} \
+             s: {last}",
+            timeout.as_secs()
+        ))
+    })?;
     let io = |e: std::io::Error| {
         DistError::Rendezvous(format!("rank {rank}: rendezvous with {where_} failed: {e}"))
     };
@@ -233,21 +224,12 @@ impl TorchStore {
         deadline: Instant,
     ) -> Result<TorchStore, DistError> {
         let at = format!("{}:{}", master.0, master.1);
-        let stream = loop {
-            let last = match resolve(master)
-                .and_then(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
-            {
-                Ok(stream) => break stream,
-                Err(e) => e,
-            };
-            if Instant::now() >= deadline {
-                return Err(DistError::Rendezvous(format!(
-                    "rank {rank}: cannot reach torchrun's store at MASTER_ADDR:MASTER_PORT = \
-                     {at}: {last}"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
+        let stream = connect_until(master, deadline).map_err(|last| {
+            DistError::Rendezvous(format!(
+                "rank {rank}: cannot reach torchrun's store at MASTER_ADDR:MASTER_PORT = {at}: \
+                 {last}"
+            ))
+        })?;
         let mut store = TorchStore { stream, rank, at };
         let mut hello = vec![STORE_VALIDATE];
         hello.extend(STORE_MAGIC.to_le_bytes());
@@ -333,6 +315,19 @@ impl TorchStore {
 fn put_bytes(request: &mut Vec<u8>, bytes: &[u8]) {
     request.extend((bytes.len() as u64).to_le_bytes());
     request.extend_from_slice(bytes);
+}
+
+/// A connection to `master`, retried until `deadline` (the other side may start later), or the
+/// last attempt's error.
+fn connect_until(master: (&str, u16), deadline: Instant) -> std::io::Result<TcpStream> {
+    loop {
+        let attempt = resolve(master)
+            .and_then(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)));
+        if attempt.is_ok() || Instant::now() >= deadline {
+            return attempt;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn resolve(master: (&str, u16)) -> std::io::Result<SocketAddr> {
