@@ -21,10 +21,6 @@ echo "== teacher export: ViT-B/16 export time and views/s (extract teacher)"
 "$ex/bench_export" --batch 8 --iters 3
 echo "== training: cache vs online teacher vs synthetic targets (train)"
 "$ex/bench_train" --steps 11 --batch 16 --views 2
-echo "== training step: candle vs PyTorch eager, vit-tiny, batch 8, 12 relation heads"
-"$ex/student_speed" --preset vit-tiny --batch 8 --heads 12
-if [ -x .cache/torch-venv/bin/python ]; then
-  .cache/torch-venv/bin/python scripts/bench_torch_step.py --batch 8 --heads 12 --iters 5
-else
-  echo "(PyTorch comparison skipped: create .cache/torch-venv with torch and timm to run it)"
-fi
+echo "== training step: candle vs PyTorch eager, vit-tiny b8/b64, vit-small b32, with profiles"
+TORCH_PYTHON="${TORCH_PYTHON:-.cache/torch-venv/bin/python}" scripts/bench_step.sh
+

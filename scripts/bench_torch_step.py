@@ -4,13 +4,14 @@ run only to LN1 + qkv with RELATION_HEADS heads, relation logits, the KL loss of
 backward and an AdamW step.
 
     python scripts/bench_torch_step.py [--preset vit-tiny] [--batch 8] [--heads 12] [--iters 5]
-        [--device cpu|cuda[:N]] [--precision f32|bf16|tf32] [--compile] [--json]
+        [--device cpu|cuda[:N]] [--precision f32|bf16|tf32] [--compile] [--json] [--profile]
 
 bf16 is `torch.autocast(dtype=torch.bfloat16)` around the forward, as candle's bf16 autocast
 (products in bf16, the loss in f32); tf32 sets `allow_tf32` for float32 products. --compile
 wraps the step's forward in `torch.compile`. Prints images/s of the step (after two warm-up
 steps; the device synchronised before the clock starts and stops), the thread count and the
-BLAS PyTorch uses; with --json one JSON line.
+BLAS PyTorch uses; with --json one JSON line. --profile (CPU) adds where one step's time goes:
+torch.profiler's self CPU time per op, in the categories scripts/profile_step.py gives candle's.
 """
 import argparse
 import json
@@ -31,6 +32,7 @@ parser.add_argument("--device", default="cpu")
 parser.add_argument("--precision", default="f32", choices=["f32", "bf16", "tf32"])
 parser.add_argument("--compile", action="store_true")
 parser.add_argument("--json", action="store_true")
+parser.add_argument("--profile", action="store_true", help="self time per op category of one step")
 args = parser.parse_args()
 
 device = torch.device(args.device)
@@ -111,6 +113,47 @@ result = {
     "threads": torch.get_num_threads(),
     "blas": blas,
 }
+
+def category(op):
+    """The category of a torch op (scripts/profile_step.py has the same names for candle's)."""
+    name = op.removeprefix("aten::")
+    if name.startswith("_foreach") or name in ("lerp_", "addcdiv_", "addcmul_") or "AdamW" in name:
+        return "AdamW"
+    if "scaled_dot_product" in name or "flash_attention" in name:
+        return "attention, fused (products + softmax)"
+    if name in ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "convolution", "_convolution",
+                "mkldnn_convolution", "convolution_backward", "_mkldnn_convolution"):
+        return "matrix products"
+    if any(k in name for k in ("softmax", "gelu", "layer_norm", "log", "xlogy", "exp")):
+        return "softmax, GELU, LayerNorm, loss"
+    if name in ("copy_", "clone", "contiguous", "cat", "empty", "empty_strided", "zeros", "zero_",
+                "fill_", "to", "_to_copy", "empty_like", "zeros_like", "new_zeros", "resize_",
+                "as_strided", "unfold"):
+        return "copies and allocation"
+    if name in ("add", "add_", "mul", "mul_", "sub", "div", "div_", "neg", "sum", "mean", "clamp_min",
+                "clamp", "where", "sqrt", "rsqrt", "expand", "fill", "threshold_backward"):
+        return "element-wise and reductions"
+    if name.startswith("autograd::") or name in ("view", "t", "transpose", "permute", "reshape",
+                                                  "select", "slice", "unbind", "split", "detach"):
+        return "framework (autograd, views)"
+    return "other"
+
+
+if args.profile and device.type == "cpu":
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    totals = {}
+    for evt in prof.key_averages():
+        totals[category(evt.key)] = totals.get(category(evt.key), 0.0) + evt.self_cpu_time_total
+    whole = sum(totals.values())
+    result["profile_share"] = {k: v / whole for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+    if not args.json:
+        print(f"pytorch eager step profile ({args.preset}, batch {batch}, relation heads {rel_heads}; "
+              f"torch.profiler, self time per op):")
+        for k, share in result["profile_share"].items():
+            print(f"  {k:<40} {100 * share:5.1f} %")
+
 if args.json:
     print(json.dumps(result))
 else:

@@ -5,7 +5,8 @@
 //!
 //! `cargo run -p tinymim-train --release --example student_speed -- [--preset vit-tiny]
 //! [--batch 8] [--heads 12] [--reps 3] [--device cpu|cuda:N] [--precision f32|bf16|tf32]
-//! [--json]`. Numbers from a dev build are not representative of candle's release speed except
+//! [--json] [--step-only]`; `--step-only` times the step alone (what scripts/profile_step.py
+//! samples). Numbers from a dev build are not representative of candle's release speed except
 //! for the optimised numeric crates.
 
 use std::time::Instant;
@@ -46,10 +47,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (pixels, t_qk, t_vv) =
         common::random_step_inputs(batch, config.image_size, heads, n, 0, &dev)?;
 
-    let relation = time(&dev, reps, || {
-        student.relation_logits(&pixels, None).unwrap()
-    });
-    let full = time(&dev, reps, || student.features(&pixels).unwrap().final_norm);
+    let forwards = !common::switch("--step-only");
+    let relation = if forwards {
+        time(&dev, reps, || {
+            student.relation_logits(&pixels, None).unwrap()
+        })
+    } else {
+        f64::NAN
+    };
+    let full = if forwards {
+        time(&dev, reps, || student.features(&pixels).unwrap().final_norm)
+    } else {
+        f64::NAN
+    };
     let mut distiller = Distiller {
         optimizer: AdamW::new(student.params(), AdamWConfig::default()),
         student,
