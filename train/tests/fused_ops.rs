@@ -129,6 +129,26 @@ fn softmax_matches_composite() {
 }
 
 #[test]
+fn attention_matches_composite() {
+    let f = |x: &Tensor| fused::attention(x, 0.25);
+    // q, k, v of 2 samples × 3 heads (N = 17 tokens, d = 16), packed as the model packs them.
+    check("attention", &f, &normal(&[2, 3, 3, 17, 16], 50, 1.0), false);
+    check(
+        "attention (transposed)",
+        &f,
+        &normal(&[2, 3, 3, 16, 17], 51, 1.0),
+        true,
+    );
+    // Peaked heads: logits of tens, far from uniform probabilities.
+    check(
+        "attention (peaked)",
+        &f,
+        &normal(&[1, 2, 3, 9, 8], 52, 4.0),
+        false,
+    );
+}
+
+#[test]
 fn log_softmax_matches_composite() {
     let f = |x: &Tensor| fused::log_softmax_last_dim(x);
     check("log_softmax", &f, &normal(&[2, 3, 17, 17], 4, 4.0), false);

@@ -1,6 +1,6 @@
 //! Fused CPU kernels for the row-wise operations of the student: softmax, log-softmax, the
 //! relation KL, LayerNorm, the bias of linear layers, the exact (erf) GELU and drop path's
-//! per-sample scaling.
+//! per-sample scaling, and whole attention heads (products, softmax and their backward).
 //!
 //! Built from candle's primitive ops, each of these costs several passes over memory and as
 //! many temporaries forward, and more backward (candle's `Mul` backward, for one, computes
@@ -45,6 +45,17 @@ fn rows_of<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> Result<(&'a [
 /// filled by `f(row index, row)`, in parallel on candle's own CPU worker pool (the one its
 /// elementwise ops use), so that its workers do this work rather than spin beside it.
 fn par_rows(len: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+    par_blocks(len, width, MIN_ROWS_PER_TASK, f)
+}
+
+/// [`par_rows`] handing out `per_task` rows at a time (1 where each row is a large piece of
+/// work, such as a whole attention head).
+fn par_blocks(
+    len: usize,
+    width: usize,
+    per_task: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
     let mut out = vec![0f32; len];
     if width == 0 || len == 0 {
         return out;
@@ -56,22 +67,18 @@ fn par_rows(len: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync + Sen
     let rows = len.div_ceil(width);
     let out_ptr = Rows(out.as_mut_ptr());
     let out_ref = &out_ptr;
-    candle_core::utils::barrier_pool().execute_chunked(
-        rows.div_ceil(MIN_ROWS_PER_TASK),
-        |blocks| {
-            let first = blocks.start * MIN_ROWS_PER_TASK;
-            let last = rows.min(blocks.end * MIN_ROWS_PER_TASK);
-            for r in first..last {
-                let (start, end) = (r * width, len.min((r + 1) * width));
-                // SAFETY: `start..end` lies in the buffer, which outlives `execute_chunked`
-                // (it returns once every call has), and each row index is handed to exactly
-                // one call, so no two slices overlap and nothing else accesses the buffer.
-                let row =
-                    unsafe { std::slice::from_raw_parts_mut(out_ref.0.add(start), end - start) };
-                f(r, row);
-            }
-        },
-    );
+    candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(per_task), |blocks| {
+        let first = blocks.start * per_task;
+        let last = rows.min(blocks.end * per_task);
+        for r in first..last {
+            let (start, end) = (r * width, len.min((r + 1) * width));
+            // SAFETY: `start..end` lies in the buffer, which outlives `execute_chunked`
+            // (it returns once every call has), and each row index is handed to exactly
+            // one call, so no two slices overlap and nothing else accesses the buffer.
+            let row = unsafe { std::slice::from_raw_parts_mut(out_ref.0.add(start), end - start) };
+            f(r, row);
+        }
+    });
     out
 }
 
@@ -80,6 +87,19 @@ fn max_and_log_sum_exp(x: &[f32]) -> (f32, f32) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = x.iter().map(|&v| (v - max).exp()).sum();
     (max, sum.ln())
+}
+
+/// Replaces a row of logits by its softmax: `exp(y − max y) / Σ exp(y − max y)`.
+fn softmax_in_place(y: &mut [f32]) {
+    let max = y.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for y in y.iter_mut() {
+        *y = (*y - max).exp();
+        sum += *y;
+    }
+    for y in y.iter_mut() {
+        *y /= sum;
+    }
 }
 
 /// `Σ a·b` of two rows.
@@ -121,20 +141,10 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, d) = rows_of(s, l, self.name())?;
         let out = par_rows(x.len(), d, |r, y| {
-            let x = &x[r * d..(r + 1) * d];
-            let mut max = f32::NEG_INFINITY;
-            for (y, &x) in y.iter_mut().zip(x) {
+            for (y, &x) in y.iter_mut().zip(&x[r * d..(r + 1) * d]) {
                 *y = x * self.scale;
-                max = max.max(*y);
             }
-            let mut sum = 0f32;
-            for y in y.iter_mut() {
-                *y = (*y - max).exp();
-                sum += *y;
-            }
-            for y in y.iter_mut() {
-                *y /= sum;
-            }
+            softmax_in_place(y);
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -174,6 +184,177 @@ impl CustomOp2 for SoftmaxBwd {
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+/// `softmax(q·kᵀ·scale)·v` of every head, from q, k and v packed as `[B, H, 3, N, d]` (each
+/// head's three adjacent), to `[B, H, N, d]`.
+///
+/// Fused, each head is one task on candle's worker pool and its N×N scores live only in the
+/// task's scratch buffer, never as a `[B, H, N, N]` tensor; its products run single-threaded
+/// (the heads are the parallelism) instead of one rayon-parallel product per head in turn.
+/// Backward recomputes a head's probabilities from q and k, as flash attention does, rather
+/// than keeping B·H·N² of them:
+/// `P = softmax(scale·q·kᵀ)`, `dv = Pᵀ·g`, `dP = g·vᵀ`, `dS = P ⊙ (dP − Σⱼ dP ⊙ P)`,
+/// `dq = scale·dS·k`, `dk = scale·dSᵀ·q`.
+pub fn attention(qkv: &Tensor, scale: f64) -> Result<Tensor> {
+    if !fused(qkv) {
+        let part = |i| qkv.narrow(2, i, 1)?.squeeze(2);
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let logits = (q.matmul(&k.t()?)? * scale)?;
+        return candle_nn::ops::softmax(&logits, D::Minus1)?.matmul(&v);
+    }
+    qkv.contiguous()?.apply_op1(Attention {
+        scale: scale as f32,
+    })
+}
+
+struct Attention {
+    scale: f32,
+}
+
+/// A head's `(n, d)` and its q, k, v in a `[B, H, 3, N, d]` layout, checked.
+fn heads_of(l: &Layout, op: &'static str) -> Result<(usize, usize)> {
+    match l.dims() {
+        &[_, _, 3, n, d] => Ok((n, d)),
+        dims => {
+            candle_core::bail!("{op}: expected q, k, v packed as [B, H, 3, N, d], got {dims:?}")
+        }
+    }
+}
+
+/// `dst (m×n, rows of dst_rs) = beta · lhs (m×k) · rhs (k×n)`, single-threaded; each operand is
+/// given with its row and column strides, so a transpose is a swap of strides.
+#[allow(clippy::too_many_arguments)]
+fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
+    (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
+    beta: f32,
+) {
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(
+        dst.len() > last(m, dst_rs, n, 1)
+            && lhs.len() > last(m, lhs_rs, k, lhs_cs)
+            && rhs.len() > last(k, rhs_rs, n, rhs_cs),
+        "product operands out of bounds"
+    );
+    // SAFETY: every element gemm touches lies in its slice (checked above); dst does not
+    // alias lhs or rhs (a `&mut` and two `&` borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// A head's probabilities `softmax(scale·q·kᵀ)`, `n×n`, into `p`.
+fn head_probabilities(q: &[f32], k: &[f32], (n, d): (usize, usize), scale: f32, p: &mut [f32]) {
+    product((n, n, d), p, n, (q, d, 1), (k, 1, d), scale);
+    for row in p.chunks_exact_mut(n) {
+        softmax_in_place(row);
+    }
+}
+
+impl CustomOp1 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, d) = heads_of(l, self.name())?;
+        let (qkv, _) = rows_of(s, l, self.name())?;
+        let heads = qkv.len() / (3 * n * d);
+        let out = par_blocks(heads * n * d, n * d, 1, |h, out| {
+            let head = &qkv[h * 3 * n * d..(h + 1) * 3 * n * d];
+            let (q, kv) = head.split_at(n * d);
+            let (k, v) = kv.split_at(n * d);
+            let mut p = vec![0f32; n * n];
+            head_probabilities(q, k, (n, d), self.scale, &mut p);
+            product((n, d, n), out, d, (&p, n, 1), (v, d, 1), 1.0);
+        });
+        let dims = l.dims();
+        Ok((CpuStorage::F32(out), (dims[0], dims[1], n, d).into()))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _out: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let g = g.contiguous()?;
+        Ok(Some(qkv.apply_op2_no_bwd(
+            &g,
+            &AttentionBwd { scale: self.scale },
+        )?))
+    }
+}
+
+/// `(qkv, g) ↦ (dq, dk, dv)` packed as qkv is, `[B, H, 3, N, d]`.
+struct AttentionBwd {
+    scale: f32,
+}
+
+impl CustomOp2 for AttentionBwd {
+    fn name(&self) -> &'static str {
+        "fused-attention-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, d) = heads_of(l1, self.name())?;
+        let (qkv, _) = rows_of(s1, l1, self.name())?;
+        let (g, _) = rows_of(s2, l2, self.name())?;
+        let nd = n * d;
+        let grads = par_blocks(qkv.len(), 3 * nd, 1, |h, grads| {
+            let head = &qkv[h * 3 * nd..(h + 1) * 3 * nd];
+            let (q, kv) = head.split_at(nd);
+            let (k, v) = kv.split_at(nd);
+            let g = &g[h * nd..(h + 1) * nd];
+            let (dq, dkv) = grads.split_at_mut(nd);
+            let (dk, dv) = dkv.split_at_mut(nd);
+            let mut p = vec![0f32; n * n];
+            head_probabilities(q, k, (n, d), self.scale, &mut p);
+            // dv = Pᵀ·g
+            product((n, d, n), dv, d, (&p, 1, n), (g, d, 1), 1.0);
+            // dP = g·vᵀ, then dS = P ⊙ (dP − Σⱼ dP ⊙ P) in its place
+            let mut ds = vec![0f32; n * n];
+            product((n, n, d), &mut ds, n, (g, d, 1), (v, 1, d), 1.0);
+            for (ds, p) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
+                let dp_p = dot(ds, p);
+                for (ds, &p) in ds.iter_mut().zip(p) {
+                    *ds = p * (*ds - dp_p);
+                }
+            }
+            // dq = scale·dS·k, dk = scale·dSᵀ·q
+            product((n, d, n), dq, d, (&ds, n, 1), (k, d, 1), self.scale);
+            product((n, d, n), dk, d, (&ds, 1, n), (q, d, 1), self.scale);
+        });
+        Ok((CpuStorage::F32(grads), l1.shape().clone()))
     }
 }
 
