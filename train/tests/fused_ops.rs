@@ -149,6 +149,32 @@ fn attention_matches_composite() {
 }
 
 #[test]
+fn scaled_products_match_composite() {
+    let f = |args: &[Tensor]| fused::scaled_products_nt(&args[0], &args[1], 0.25);
+    // q·kᵀ of 2 samples × 3 heads, N = 17, d = 16; an uneven M, N and K too.
+    let (a, b) = (
+        normal(&[2, 3, 17, 16], 60, 1.0),
+        normal(&[2, 3, 17, 16], 61, 1.0),
+    );
+    check_all("products", &f, &[a, b], false);
+    let (a, b) = (normal(&[4, 5, 3], 62, 1.0), normal(&[4, 7, 3], 63, 1.0));
+    check_all("products (M ≠ N)", &f, &[a, b], false);
+    let (a, b) = (
+        normal(&[2, 3, 16, 17], 64, 1.0),
+        normal(&[2, 3, 17, 16], 65, 1.0),
+    );
+    check_all("products (transposed)", &f, &[a, b], true);
+    // v·vᵀ: one tensor on both sides, whose gradient gathers both.
+    let f = |x: &Tensor| fused::scaled_products_nt(x, x, 0.25);
+    check(
+        "products (v·vᵀ)",
+        &f,
+        &normal(&[2, 3, 17, 16], 66, 1.0),
+        false,
+    );
+}
+
+#[test]
 fn log_softmax_matches_composite() {
     let f = |x: &Tensor| fused::log_softmax_last_dim(x);
     check("log_softmax", &f, &normal(&[2, 3, 17, 17], 4, 4.0), false);

@@ -210,8 +210,11 @@ fn accumulating_two_halves_equals_one_batch() {
         .collect();
 
     // eps = 1 makes AdamW's first step close to plain SGD, so the updates show the gradients
-    // themselves (Adam's sign-like first step would hide a wrong scale).
+    // themselves (Adam's sign-like first step would hide a wrong scale). A learning rate of 1
+    // makes them ~1e-2: the updates are read back as differences of f32 weights of up to 0.35,
+    // whose resolution (3e-8) must stay far below the tolerance times the update.
     let sgd_like = |mut d: Distiller| {
+        d.schedule = LrSchedule::scaled(1.0, 256, 0.0, 10.0, 1);
         d.optimizer = AdamW::new(
             d.student.params(),
             AdamWConfig {
@@ -279,7 +282,7 @@ fn accumulating_two_halves_equals_one_batch() {
             continue;
         }
         let err = common::max_rel_err(&db, &da);
-        assert!(err < 1e-4, "{}: update relative error {err:e}", p.name);
+        assert!(err < 1e-5, "{}: update relative error {err:e}", p.name);
     }
 }
 

@@ -29,8 +29,8 @@ impl HeadsQkv {
     /// "Relation maps"; the scale multiplies after the product).
     pub fn relation_logits(&self) -> Result<(Tensor, Tensor)> {
         let scale = self.scale()?;
-        let qk = (self.q.matmul(&self.k.t()?)? * scale)?;
-        let vv = (self.v.matmul(&self.v.t()?)? * scale)?;
+        let qk = fused::scaled_products_nt(&self.q, &self.k, scale)?;
+        let vv = fused::scaled_products_nt(&self.v, &self.v, scale)?;
         Ok((qk, vv))
     }
 }

@@ -1,6 +1,7 @@
 //! Fused CPU kernels for the row-wise operations of the student: softmax, log-softmax, the
 //! relation KL, LayerNorm, the bias of linear layers, the exact (erf) GELU and drop path's
-//! per-sample scaling, and whole attention heads (products, softmax and their backward).
+//! per-sample scaling, whole attention heads (products, softmax and their backward) and the
+//! products of many small matrices (the relation logits of every head).
 //!
 //! Built from candle's primitive ops, each of these costs several passes over memory and as
 //! many temporaries forward, and more backward (candle's `Mul` backward, for one, computes
@@ -355,6 +356,128 @@ impl CustomOp2 for AttentionBwd {
             product((n, d, n), dk, d, (&ds, 1, n), (q, d, 1), self.scale);
         });
         Ok((CpuStorage::F32(grads), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Products of many small matrices
+
+/// `scale · a·bᵀ` of every matrix of `a` `[.., M, K]` and `b` `[.., N, K]` (the same leading
+/// dimensions), `[.., M, N]`: the relation logits q·kᵀ·d^-½ and v·vᵀ·d^-½ of all heads.
+///
+/// candle multiplies a batch of matrices one after the other, each product split across the
+/// threads; here each product is one task on candle's worker pool, single-threaded, and the
+/// scale is folded into it. Backward: `∂a = scale·g·b`, `∂b = scale·gᵀ·a` (products of the same
+/// kind, transposes taken by strides).
+pub fn scaled_products_nt(a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+    if !fused(a) || !fused(b) {
+        return a.matmul(&b.t()?)? * scale;
+    }
+    a.contiguous()?.apply_op2(
+        &b.contiguous()?,
+        Products {
+            scale: scale as f32,
+            lhs_t: false,
+            rhs_t: true,
+        },
+    )
+}
+
+/// `scale · op(lhs)·op(rhs)` of every matrix pair, `op` a transpose where its flag says so.
+struct Products {
+    scale: f32,
+    lhs_t: bool,
+    rhs_t: bool,
+}
+
+impl Products {
+    /// `(batch, m, n, k)` of the products of operands of `dims_l` and `dims_r`.
+    fn sizes(&self, dims_l: &[usize], dims_r: &[usize]) -> Result<(usize, usize, usize, usize)> {
+        let split = |dims: &[usize]| match dims {
+            [lead @ .., r, c] => Some((lead.to_vec(), *r, *c)),
+            _ => None,
+        };
+        let (Some((lead_l, rl, cl)), Some((lead_r, rr, cr))) = (split(dims_l), split(dims_r))
+        else {
+            candle_core::bail!("fused-products: operands of rank < 2: {dims_l:?}, {dims_r:?}");
+        };
+        let (m, k) = if self.lhs_t { (cl, rl) } else { (rl, cl) };
+        let (k_r, n) = if self.rhs_t { (cr, rr) } else { (rr, cr) };
+        if lead_l != lead_r || k != k_r {
+            candle_core::bail!(
+                "fused-products: {dims_l:?} and {dims_r:?} (transposed: {}, {}) do not multiply",
+                self.lhs_t,
+                self.rhs_t
+            );
+        }
+        Ok((lead_l.iter().product(), m, n, k))
+    }
+}
+
+impl CustomOp2 for Products {
+    fn name(&self) -> &'static str {
+        "fused-products"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (batch, m, n, k) = self.sizes(l1.dims(), l2.dims())?;
+        let (lhs, cols_l) = rows_of(s1, l1, self.name())?;
+        let (rhs, cols_r) = rows_of(s2, l2, self.name())?;
+        // Row-major storage: a transpose swaps the row and column strides.
+        let strides = |t: bool, cols: usize| if t { (1, cols) } else { (cols, 1) };
+        let ((lhs_rs, lhs_cs), (rhs_rs, rhs_cs)) =
+            (strides(self.lhs_t, cols_l), strides(self.rhs_t, cols_r));
+        let out = par_blocks(batch * m * n, m * n, 1, |i, out| {
+            let lhs = &lhs[i * m * k..(i + 1) * m * k];
+            let rhs = &rhs[i * k * n..(i + 1) * k * n];
+            product(
+                (m, n, k),
+                out,
+                n,
+                (lhs, lhs_rs, lhs_cs),
+                (rhs, rhs_rs, rhs_cs),
+                self.scale,
+            );
+        });
+        let mut dims = l1.dims()[..l1.dims().len() - 2].to_vec();
+        dims.extend([m, n]);
+        Ok((CpuStorage::F32(out), dims.into()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _out: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let products = |lhs: &Tensor, lhs_t, rhs: &Tensor, rhs_t| {
+            let op = Products {
+                scale: self.scale,
+                lhs_t,
+                rhs_t,
+            };
+            lhs.apply_op2_no_bwd(rhs, &op)
+        };
+        // C = s·L·R with L = op(a), R = op(b): ∂L = s·g·Rᵀ, ∂R = s·Lᵀ·g.
+        let da = if self.lhs_t {
+            products(b, self.rhs_t, &g, true)?
+        } else {
+            products(&g, false, b, !self.rhs_t)?
+        };
+        let db = if self.rhs_t {
+            products(&g, true, a, self.lhs_t)?
+        } else {
+            products(a, !self.lhs_t, &g, false)?
+        };
+        Ok((Some(da), Some(db)))
     }
 }
 
