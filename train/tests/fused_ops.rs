@@ -164,6 +164,10 @@ fn scaled_products_match_composite() {
         normal(&[2, 3, 17, 16], 65, 1.0),
     );
     check_all("products (transposed)", &f, &[a, b], true);
+    // One large product (a linear layer's x·Wᵀ), its rows cut into blocks across tasks, and
+    // its weight gradient (33 rows) too.
+    let (x, w) = (normal(&[70, 24], 67, 1.0), normal(&[33, 24], 68, 1.0));
+    check_all("products (one matrix, x·Wᵀ)", &f, &[x, w], false);
     // v·vᵀ: one tensor on both sides, whose gradient gathers both.
     let f = |x: &Tensor| fused::scaled_products_nt(x, x, 0.25);
     check(

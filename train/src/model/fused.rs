@@ -57,27 +57,56 @@ fn par_blocks(
     per_task: usize,
     f: impl Fn(usize, &mut [f32]) + Sync + Send,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; len];
     if width == 0 || len == 0 {
-        return out;
+        return vec![0f32; len];
     }
-    /// The output's address, shared by the workers, which write disjoint rows.
-    struct Rows(*mut f32);
+    let block = per_task * width;
+    par_spans(
+        len,
+        len.div_ceil(block),
+        |t| t * block..len.min((t + 1) * block),
+        |t, rows| {
+            for (j, row) in rows.chunks_mut(width).enumerate() {
+                f(t * per_task + j, row);
+            }
+        },
+    )
+}
+
+/// A new `len`-value buffer cut into the spans of `tasks` tasks (`span(t)`, ascending and
+/// disjoint, checked), each filled by `f(t, span)` in parallel on candle's own CPU worker
+/// pool (the one its elementwise ops use), so that its workers do this work rather than spin
+/// beside it.
+fn par_spans(
+    len: usize,
+    tasks: usize,
+    span: impl Fn(usize) -> std::ops::Range<usize> + Sync,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let mut out = vec![0f32; len];
+    let mut end = 0;
+    for t in 0..tasks {
+        let r = span(t);
+        assert!(
+            end <= r.start && r.start <= r.end && r.end <= len,
+            "task spans overlap or leave the buffer"
+        );
+        end = r.end;
+    }
+    /// The output's address, shared by the workers, which write disjoint spans.
+    struct Spans(*mut f32);
     // SAFETY: the workers write disjoint parts of the buffer (below).
-    unsafe impl Sync for Rows {}
-    let rows = len.div_ceil(width);
-    let out_ptr = Rows(out.as_mut_ptr());
+    unsafe impl Sync for Spans {}
+    let out_ptr = Spans(out.as_mut_ptr());
     let out_ref = &out_ptr;
-    candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(per_task), |blocks| {
-        let first = blocks.start * per_task;
-        let last = rows.min(blocks.end * per_task);
-        for r in first..last {
-            let (start, end) = (r * width, len.min((r + 1) * width));
-            // SAFETY: `start..end` lies in the buffer, which outlives `execute_chunked`
-            // (it returns once every call has), and each row index is handed to exactly
-            // one call, so no two slices overlap and nothing else accesses the buffer.
-            let row = unsafe { std::slice::from_raw_parts_mut(out_ref.0.add(start), end - start) };
-            f(r, row);
+    candle_core::utils::barrier_pool().execute_chunked(tasks, |chunk| {
+        for t in chunk {
+            let r = span(t);
+            // SAFETY: the spans lie in the buffer and do not overlap (checked above); the
+            // buffer outlives `execute_chunked` (it returns once every call has), and each
+            // task index is handed to exactly one call, so nothing else accesses the span.
+            let part = unsafe { std::slice::from_raw_parts_mut(out_ref.0.add(r.start), r.len()) };
+            f(t, part);
         }
     });
     out
@@ -363,15 +392,22 @@ impl CustomOp2 for AttentionBwd {
 // Products of many small matrices
 
 /// `scale · a·bᵀ` of every matrix of `a` `[.., M, K]` and `b` `[.., N, K]` (the same leading
-/// dimensions), `[.., M, N]`: the relation logits q·kᵀ·d^-½ and v·vᵀ·d^-½ of all heads.
+/// dimensions), `[.., M, N]`: the relation logits q·kᵀ·d^-½ and v·vᵀ·d^-½ of all heads, and
+/// (one matrix, scale 1) the linear layers' x·Wᵀ.
 ///
-/// candle multiplies a batch of matrices one after the other, each product split across the
-/// threads; here each product is one task on candle's worker pool, single-threaded, and the
-/// scale is folded into it. Backward: `∂a = scale·g·b`, `∂b = scale·gᵀ·a` (products of the same
+/// candle multiplies a batch of matrices one after the other, each product split across
+/// rayon's threads while candle's own workers spin beside them; here every product, or every
+/// block of rows of a single large one, is one single-threaded task on candle's worker pool,
+/// and the scale is folded into it. Backward: `∂a = scale·g·b`, `∂b = scale·gᵀ·a` (products of the same
 /// kind, transposes taken by strides).
 pub fn scaled_products_nt(a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
     if !fused(a) || !fused(b) {
-        return a.matmul(&b.t()?)? * scale;
+        let product = a.matmul(&b.t()?)?;
+        return if scale == 1.0 {
+            Ok(product)
+        } else {
+            product * scale
+        };
     }
     a.contiguous()?.apply_op2(
         &b.contiguous()?,
@@ -433,18 +469,32 @@ impl CustomOp2 for Products {
         let strides = |t: bool, cols: usize| if t { (1, cols) } else { (cols, 1) };
         let ((lhs_rs, lhs_cs), (rhs_rs, rhs_cs)) =
             (strides(self.lhs_t, cols_l), strides(self.rhs_t, cols_r));
-        let out = par_blocks(batch * m * n, m * n, 1, |i, out| {
-            let lhs = &lhs[i * m * k..(i + 1) * m * k];
-            let rhs = &rhs[i * k * n..(i + 1) * k * n];
-            product(
-                (m, n, k),
-                out,
-                n,
-                (lhs, lhs_rs, lhs_cs),
-                (rhs, rhs_rs, rhs_cs),
-                self.scale,
-            );
-        });
+        // One task per matrix where there are enough of them, else each matrix's rows cut
+        // into blocks, about two tasks per thread in all.
+        let threads = candle_core::utils::get_num_threads().max(1);
+        let rows_per_block = m.div_ceil((2 * threads).div_ceil(batch.max(1)).min(m.max(1)));
+        let blocks = m.div_ceil(rows_per_block.max(1));
+        let out = par_spans(
+            batch * m * n,
+            batch * blocks,
+            |t| {
+                let (i, r0) = (t / blocks, (t % blocks) * rows_per_block);
+                (i * m + r0) * n..(i * m + m.min(r0 + rows_per_block)) * n
+            },
+            |t, out| {
+                let (i, r0) = (t / blocks, (t % blocks) * rows_per_block);
+                let lhs = &lhs[i * m * k + r0 * lhs_rs..(i + 1) * m * k];
+                let rhs = &rhs[i * k * n..(i + 1) * k * n];
+                product(
+                    (out.len() / n, n, k),
+                    out,
+                    n,
+                    (lhs, lhs_rs, lhs_cs),
+                    (rhs, rhs_rs, rhs_cs),
+                    self.scale,
+                );
+            },
+        );
         let mut dims = l1.dims()[..l1.dims().len() - 2].to_vec();
         dims.extend([m, n]);
         Ok((CpuStorage::F32(out), dims.into()))

@@ -56,9 +56,11 @@ impl Linear {
                 self.bias.narrow(0, start, len)?,
             )
         };
-        let y = self
-            .precision
-            .matmul(&x.reshape((rows, inp))?, &weight.t()?)?;
+        let x = x.reshape((rows, inp))?;
+        let y = match self.precision {
+            Precision::Bf16 => self.precision.matmul(&x, &weight.t()?)?,
+            Precision::F32 | Precision::Tf32 => fused::scaled_products_nt(&x, &weight, 1.0)?,
+        };
         let y = fused::add_bias(&y, &bias)?;
         dims.push(len);
         Ok(y.reshape(dims)?)
