@@ -37,6 +37,6 @@ print(f"candle / pytorch: {c / rate:.2f}")' "$candle"
   fi
   if [ -x "$python" ]; then
     "$python" scripts/bench_torch_step.py --preset "$preset" --batch "$batch" --heads 12 --iters 1 \
-      --profile 2>/dev/null | sed 's/^pytorch eager step/  (profiled run)/'
+      --profile 2>/dev/null | sed "s/^pytorch eager step:/  (profiled run):/"
   fi
 done
