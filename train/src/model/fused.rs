@@ -73,26 +73,31 @@ fn par_blocks(
     )
 }
 
-/// A new `len`-value buffer cut into the spans of `tasks` tasks (`span(t)`, ascending and
-/// disjoint, checked), each filled by `f(t, span)` in parallel on candle's own CPU worker
-/// pool (the one its elementwise ops use), so that its workers do this work rather than spin
-/// beside it.
+/// A new `len`-value buffer cut into the spans of `tasks` tasks (`span(t)`, ascending,
+/// disjoint and together covering the buffer, checked), each filled by `f(t, span)` in parallel
+/// on candle's own CPU worker pool (the one its elementwise ops use), so that its workers do
+/// this work rather than spin beside it.
+///
+/// `f` must write every value of its span: the buffer is not cleared first (a serial memset of
+/// every output was 4 % of a training step, the other thread idle meanwhile). Debug builds fill
+/// each span with NaN before `f`, so a value left unwritten shows in any test.
 fn par_spans(
     len: usize,
     tasks: usize,
     span: impl Fn(usize) -> std::ops::Range<usize> + Sync,
     f: impl Fn(usize, &mut [f32]) + Sync + Send,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; len];
     let mut end = 0;
     for t in 0..tasks {
         let r = span(t);
         assert!(
-            end <= r.start && r.start <= r.end && r.end <= len,
-            "task spans overlap or leave the buffer"
+            r.start == end && r.start <= r.end && r.end <= len,
+            "task spans overlap, leave gaps or leave the buffer"
         );
         end = r.end;
     }
+    assert!(end == len, "task spans do not cover the buffer");
+    let mut out: Vec<f32> = Vec::with_capacity(len);
     /// The output's address, shared by the workers, which write disjoint spans.
     struct Spans(*mut f32);
     // SAFETY: the workers write disjoint parts of the buffer (below).
@@ -102,13 +107,20 @@ fn par_spans(
     candle_core::utils::barrier_pool().execute_chunked(tasks, |chunk| {
         for t in chunk {
             let r = span(t);
-            // SAFETY: the spans lie in the buffer and do not overlap (checked above); the
-            // buffer outlives `execute_chunked` (it returns once every call has), and each
-            // task index is handed to exactly one call, so nothing else accesses the span.
+            // SAFETY: the spans lie in the buffer's capacity and do not overlap (checked
+            // above); the buffer outlives `execute_chunked` (it returns once every call has),
+            // and each task index is handed to exactly one call, so nothing else accesses the
+            // span. f32 has no invalid bit patterns, and `f` writes the span before anything
+            // reads it (its contract).
             let part = unsafe { std::slice::from_raw_parts_mut(out_ref.0.add(r.start), r.len()) };
+            if cfg!(debug_assertions) {
+                part.fill(f32::NAN);
+            }
             f(t, part);
         }
     });
+    // SAFETY: the spans cover `0..len` (checked above) and every task has written its span.
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -725,6 +737,7 @@ fn column_sums(
     let width = k * d;
     let n_partials = rows.div_ceil(ROWS_PER_PARTIAL);
     let partials = par_rows(n_partials * width, width, |c, acc| {
+        acc.fill(0.0);
         let start = c * ROWS_PER_PARTIAL;
         accumulate(start..rows.min(start + ROWS_PER_PARTIAL), acc);
     });
