@@ -130,20 +130,22 @@ fn softmax_matches_composite() {
 
 #[test]
 fn attention_matches_composite() {
-    let f = |x: &Tensor| fused::attention(x, 0.25);
-    // q, k, v of 2 samples × 3 heads (N = 17 tokens, d = 16), packed as the model packs them.
-    check("attention", &f, &normal(&[2, 3, 3, 17, 16], 50, 1.0), false);
+    // The qkv projection of 2 samples, 3 heads of d = 16 (D = 48), N = 17 tokens, laid out as
+    // timm's: [B, N, 3·D].
+    let f = |x: &Tensor| fused::attention(x, 3, 0.25);
+    check("attention", &f, &normal(&[2, 17, 144], 50, 1.0), false);
     check(
         "attention (transposed)",
         &f,
-        &normal(&[2, 3, 3, 16, 17], 51, 1.0),
+        &normal(&[2, 144, 17], 51, 1.0),
         true,
     );
     // Peaked heads: logits of tens, far from uniform probabilities.
+    let f = |x: &Tensor| fused::attention(x, 2, 0.25);
     check(
         "attention (peaked)",
         &f,
-        &normal(&[1, 2, 3, 9, 8], 52, 4.0),
+        &normal(&[1, 9, 48], 52, 4.0),
         false,
     );
 }
@@ -226,6 +228,21 @@ fn add_bias_matches_composite() {
     check_all("bias", &f, &[x, normal(&[24], 41, 1.0)], false);
     let x = normal(&[3, 24, 70], 42, 2.0);
     check_all("bias (transposed)", &f, &[x, normal(&[24], 43, 1.0)], true);
+}
+
+#[test]
+fn linear_matches_composite() {
+    // x·Wᵀ + b: rows cut into blocks across tasks, the bias the start of every output row.
+    let f = |args: &[Tensor]| fused::linear(&args[0], &args[1], &args[2]);
+    let (x, w, b) = (
+        normal(&[70, 24], 44, 1.0),
+        normal(&[33, 24], 45, 1.0),
+        normal(&[33], 46, 1.0),
+    );
+    check_all("linear", &f, &[x, w, b], false);
+    let x = normal(&[24, 70], 47, 1.0);
+    let (w, b) = (normal(&[33, 24], 48, 1.0), normal(&[33], 49, 1.0));
+    check_all("linear (transposed x)", &f, &[x, w, b], true);
 }
 
 #[test]

@@ -87,27 +87,23 @@ impl Attention {
         })
     }
 
-    /// proj(softmax(q·kᵀ·d^-½)·v) with the heads merged back, `[B, N, D]`. In f32 the heads
-    /// go to [`fused::attention`] packed (one copy of the projection); in reduced precision
-    /// the products run in it, around the f32 softmax.
+    /// proj(softmax(q·kᵀ·d^-½)·v) with the heads merged back, `[B, N, D]`. In f32 the
+    /// projection's output goes to [`fused::attention`] as it is; in reduced precision the
+    /// products run in it, around the f32 softmax.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, dim) = x.dims3()?;
         let d = dim / self.heads;
         let out = if self.precision == Precision::F32 {
-            let packed = self
-                .qkv
-                .forward(x)?
-                .reshape((b, n, 3, self.heads, d))?
-                .permute((0, 3, 2, 1, 4))?
-                .contiguous()?;
-            fused::attention(&packed, (d as f64).powf(-0.5))?
+            fused::attention(&self.qkv.forward(x)?, self.heads, (d as f64).powf(-0.5))?
         } else {
             let heads = self.qkv(x)?;
             let logits = self.precision.matmul(&heads.q, &heads.k.t()?)?;
             let attn = fused::softmax_last_dim(&logits, heads.scale()?)?;
-            self.precision.matmul(&attn, &heads.v)?
+            self.precision
+                .matmul(&attn, &heads.v)?
+                .transpose(1, 2)?
+                .reshape((b, n, dim))?
         };
-        self.proj
-            .forward(&out.transpose(1, 2)?.reshape((b, n, dim))?)
+        self.proj.forward(&out)
     }
 }

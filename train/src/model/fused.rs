@@ -1,5 +1,5 @@
 //! Fused CPU kernels for the row-wise operations of the student: softmax, log-softmax, the
-//! relation KL, LayerNorm, the bias of linear layers, the exact (erf) GELU and drop path's
+//! relation KL, LayerNorm, linear layers (product and bias in one op), a bias, the exact (erf) GELU and drop path's
 //! per-sample scaling, whole attention heads (products, softmax and their backward) and the
 //! products of many small matrices (the relation logits of every head).
 //!
@@ -232,52 +232,77 @@ impl CustomOp2 for SoftmaxBwd {
 // ---------------------------------------------------------------------------------------------
 // Attention
 
-/// `softmax(q·kᵀ·scale)·v` of every head, from q, k and v packed as `[B, H, 3, N, d]` (each
-/// head's three adjacent), to `[B, H, N, d]`.
+/// `softmax(q·kᵀ·scale)·v` of every head, from the qkv projection's output `[B, N, 3·D]`
+/// (q of every head, then k, then v; head `h` the `d` columns from `h·d`, `D = heads·d`, as
+/// timm lays it out) to the heads side by side, `[B, N, D]` (timm's
+/// `transpose(1, 2).reshape(B, N, D)`), without a permuted copy either way.
 ///
-/// Fused, each head is one task on candle's worker pool and its N×N scores live only in the
-/// task's scratch buffer, never as a `[B, H, N, N]` tensor; its products run single-threaded
-/// (the heads are the parallelism) instead of one rayon-parallel product per head in turn.
-/// Backward recomputes a head's probabilities from q and k, as flash attention does, rather
-/// than keeping B·H·N² of them:
+/// Fused, each sample is one task on candle's worker pool, its heads one after the other, and
+/// a head's N×N scores live only in the task's scratch buffer, never as a `[B, H, N, N]`
+/// tensor; its products run single-threaded (the samples are the parallelism), reading q, k
+/// and v in place by their row stride. Backward recomputes a head's probabilities from q and
+/// k, as flash attention does, rather than keeping B·H·N² of them:
 /// `P = softmax(scale·q·kᵀ)`, `dv = Pᵀ·g`, `dP = g·vᵀ`, `dS = P ⊙ (dP − Σⱼ dP ⊙ P)`,
 /// `dq = scale·dS·k`, `dk = scale·dSᵀ·q`.
-pub fn attention(qkv: &Tensor, scale: f64) -> Result<Tensor> {
+pub fn attention(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
     if !fused(qkv) {
-        let part = |i| qkv.narrow(2, i, 1)?.squeeze(2);
+        let (b, n, width) = qkv.dims3()?;
+        let d = width / (3 * heads.max(1));
+        let qkv = qkv.reshape((b, n, 3, heads, d))?.permute((2, 0, 3, 1, 4))?;
+        let part = |i| qkv.get(i)?.contiguous();
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         let logits = (q.matmul(&k.t()?)? * scale)?;
-        return candle_nn::ops::softmax(&logits, D::Minus1)?.matmul(&v);
+        let out = candle_nn::ops::softmax(&logits, D::Minus1)?.matmul(&v)?;
+        return out.transpose(1, 2)?.reshape((b, n, heads * d));
     }
     qkv.contiguous()?.apply_op1(Attention {
+        heads,
         scale: scale as f32,
     })
 }
 
 struct Attention {
+    heads: usize,
     scale: f32,
 }
 
-/// A head's `(n, d)` and its q, k, v in a `[B, H, 3, N, d]` layout, checked.
-fn heads_of(l: &Layout, op: &'static str) -> Result<(usize, usize)> {
+/// The sizes of attention over `[B, N, 3·D]` with `heads` heads: `(n, d, D)`, checked.
+fn heads_of(l: &Layout, heads: usize, op: &'static str) -> Result<(usize, usize, usize)> {
     match l.dims() {
-        &[_, _, 3, n, d] => Ok((n, d)),
-        dims => {
-            candle_core::bail!("{op}: expected q, k, v packed as [B, H, 3, N, d], got {dims:?}")
+        &[_, n, width] if heads > 0 && width % (3 * heads) == 0 => {
+            Ok((n, width / (3 * heads), width / 3))
         }
+        dims => candle_core::bail!(
+            "{op}: expected q, k, v of {heads} heads as [B, N, 3·D] with D a multiple of the \
+             heads, got {dims:?}"
+        ),
     }
 }
 
 /// `dst (m×n, rows of dst_rs) = beta · lhs (m×k) · rhs (k×n)`, single-threaded; each operand is
 /// given with its row and column strides, so a transpose is a swap of strides.
-#[allow(clippy::too_many_arguments)]
 fn product(
+    shape: (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: (&[f32], usize, usize),
+    rhs: (&[f32], usize, usize),
+    beta: f32,
+) {
+    product_into(shape, dst, dst_rs, lhs, rhs, beta, false)
+}
+
+/// [`product`], adding to what `dst` holds where `accumulate` is set (`dst += beta·lhs·rhs`)
+/// instead of overwriting it.
+#[allow(clippy::too_many_arguments)]
+fn product_into(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
     (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
     (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
     beta: f32,
+    accumulate: bool,
 ) {
     let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
     assert!(
@@ -296,14 +321,14 @@ fn product(
             dst.as_mut_ptr(),
             1,
             dst_rs as isize,
-            false,
+            accumulate,
             lhs.as_ptr(),
             lhs_cs as isize,
             lhs_rs as isize,
             rhs.as_ptr(),
             rhs_cs as isize,
             rhs_rs as isize,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             beta,
             false,
             false,
@@ -313,9 +338,16 @@ fn product(
     }
 }
 
-/// A head's probabilities `softmax(scale·q·kᵀ)`, `n×n`, into `p`.
-fn head_probabilities(q: &[f32], k: &[f32], (n, d): (usize, usize), scale: f32, p: &mut [f32]) {
-    product((n, n, d), p, n, (q, d, 1), (k, 1, d), scale);
+/// A head's probabilities `softmax(scale·q·kᵀ)`, `n×n`, into `p`; q and k are `n×d` with
+/// rows `rs` apart.
+fn head_probabilities(
+    q: &[f32],
+    k: &[f32],
+    (n, d, rs): (usize, usize, usize),
+    scale: f32,
+    p: &mut [f32],
+) {
+    product((n, n, d), p, n, (q, rs, 1), (k, 1, rs), scale);
     for row in p.chunks_exact_mut(n) {
         softmax_in_place(row);
     }
@@ -327,32 +359,43 @@ impl CustomOp1 for Attention {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, d) = heads_of(l, self.name())?;
+        let (n, d, dim) = heads_of(l, self.heads, self.name())?;
         let (qkv, _) = rows_of(s, l, self.name())?;
-        let heads = qkv.len() / (3 * n * d);
-        let out = par_blocks(heads * n * d, n * d, 1, |h, out| {
-            let head = &qkv[h * 3 * n * d..(h + 1) * 3 * n * d];
-            let (q, kv) = head.split_at(n * d);
-            let (k, v) = kv.split_at(n * d);
+        let samples = l.dims()[0];
+        let out = par_blocks(samples * n * dim, n * dim, 1, |i, out| {
+            let qkv = &qkv[i * n * 3 * dim..(i + 1) * n * 3 * dim];
             let mut p = vec![0f32; n * n];
-            head_probabilities(q, k, (n, d), self.scale, &mut p);
-            product((n, d, n), out, d, (&p, n, 1), (v, d, 1), 1.0);
+            for h in 0..self.heads {
+                let (q, k, v) = (&qkv[h * d..], &qkv[dim + h * d..], &qkv[2 * dim + h * d..]);
+                head_probabilities(q, k, (n, d, 3 * dim), self.scale, &mut p);
+                product(
+                    (n, d, n),
+                    &mut out[h * d..],
+                    dim,
+                    (&p, n, 1),
+                    (v, 3 * dim, 1),
+                    1.0,
+                );
+            }
         });
-        let dims = l.dims();
-        Ok((CpuStorage::F32(out), (dims[0], dims[1], n, d).into()))
+        Ok((CpuStorage::F32(out), (samples, n, dim).into()))
     }
 
     fn bwd(&self, qkv: &Tensor, _out: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         let g = g.contiguous()?;
         Ok(Some(qkv.apply_op2_no_bwd(
             &g,
-            &AttentionBwd { scale: self.scale },
+            &AttentionBwd {
+                heads: self.heads,
+                scale: self.scale,
+            },
         )?))
     }
 }
 
-/// `(qkv, g) ↦ (dq, dk, dv)` packed as qkv is, `[B, H, 3, N, d]`.
+/// `(qkv, g) ↦ (dq, dk, dv)` laid out as qkv is, `[B, N, 3·D]`.
 struct AttentionBwd {
+    heads: usize,
     scale: f32,
 }
 
@@ -368,33 +411,54 @@ impl CustomOp2 for AttentionBwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, d) = heads_of(l1, self.name())?;
+        let (n, d, dim) = heads_of(l1, self.heads, self.name())?;
         let (qkv, _) = rows_of(s1, l1, self.name())?;
         let (g, _) = rows_of(s2, l2, self.name())?;
-        let nd = n * d;
-        let grads = par_blocks(qkv.len(), 3 * nd, 1, |h, grads| {
-            let head = &qkv[h * 3 * nd..(h + 1) * 3 * nd];
-            let (q, kv) = head.split_at(nd);
-            let (k, v) = kv.split_at(nd);
-            let g = &g[h * nd..(h + 1) * nd];
-            let (dq, dkv) = grads.split_at_mut(nd);
-            let (dk, dv) = dkv.split_at_mut(nd);
-            let mut p = vec![0f32; n * n];
-            head_probabilities(q, k, (n, d), self.scale, &mut p);
-            // dv = Pᵀ·g
-            product((n, d, n), dv, d, (&p, 1, n), (g, d, 1), 1.0);
-            // dP = g·vᵀ, then dS = P ⊙ (dP − Σⱼ dP ⊙ P) in its place
-            let mut ds = vec![0f32; n * n];
-            product((n, n, d), &mut ds, n, (g, d, 1), (v, 1, d), 1.0);
-            for (ds, p) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
-                let dp_p = dot(ds, p);
-                for (ds, &p) in ds.iter_mut().zip(p) {
-                    *ds = p * (*ds - dp_p);
+        let rs = 3 * dim;
+        let grads = par_blocks(qkv.len(), n * rs, 1, |i, grads| {
+            let qkv = &qkv[i * n * rs..(i + 1) * n * rs];
+            let g = &g[i * n * dim..(i + 1) * n * dim];
+            let (mut p, mut ds) = (vec![0f32; n * n], vec![0f32; n * n]);
+            for h in 0..self.heads {
+                let (q, k, v) = (&qkv[h * d..], &qkv[dim + h * d..], &qkv[2 * dim + h * d..]);
+                let g = &g[h * d..];
+                head_probabilities(q, k, (n, d, rs), self.scale, &mut p);
+                // dv = Pᵀ·g
+                product(
+                    (n, d, n),
+                    &mut grads[2 * dim + h * d..],
+                    rs,
+                    (&p, 1, n),
+                    (g, dim, 1),
+                    1.0,
+                );
+                // dP = g·vᵀ, then dS = P ⊙ (dP − Σⱼ dP ⊙ P) in its place
+                product((n, n, d), &mut ds, n, (g, dim, 1), (v, 1, rs), 1.0);
+                for (ds, p) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
+                    let dp_p = dot(ds, p);
+                    for (ds, &p) in ds.iter_mut().zip(p) {
+                        *ds = p * (*ds - dp_p);
+                    }
                 }
+                // dq = scale·dS·k, dk = scale·dSᵀ·q
+                let scale = self.scale;
+                product(
+                    (n, d, n),
+                    &mut grads[h * d..],
+                    rs,
+                    (&ds, n, 1),
+                    (k, rs, 1),
+                    scale,
+                );
+                product(
+                    (n, d, n),
+                    &mut grads[dim + h * d..],
+                    rs,
+                    (&ds, 1, n),
+                    (q, rs, 1),
+                    scale,
+                );
             }
-            // dq = scale·dS·k, dk = scale·dSᵀ·q
-            product((n, d, n), dq, d, (&ds, n, 1), (k, d, 1), self.scale);
-            product((n, d, n), dk, d, (&ds, 1, n), (q, d, 1), self.scale);
         });
         Ok((CpuStorage::F32(grads), l1.shape().clone()))
     }
@@ -462,19 +526,23 @@ impl Products {
     }
 }
 
-impl CustomOp2 for Products {
-    fn name(&self) -> &'static str {
-        "fused-products"
-    }
-
-    fn cpu_fwd(
+impl Products {
+    /// The products of `lhs` and `rhs`, each output row starting from `bias` (`[n]`) where
+    /// one is given (a linear layer's `x·Wᵀ + b`, the bias written first and the product
+    /// added to it in the same task) and from zero otherwise.
+    fn compute(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
+        (s1, l1): (&CpuStorage, &Layout),
+        (s2, l2): (&CpuStorage, &Layout),
+        bias: Option<&[f32]>,
     ) -> Result<(CpuStorage, Shape)> {
         let (batch, m, n, k) = self.sizes(l1.dims(), l2.dims())?;
+        if bias.is_some_and(|b| b.len() != n) {
+            candle_core::bail!(
+                "fused-linear: a bias of {} values for {n} outputs",
+                bias.map_or(0, <[f32]>::len)
+            );
+        }
         let (lhs, cols_l) = rows_of(s1, l1, self.name())?;
         let (rhs, cols_r) = rows_of(s2, l2, self.name())?;
         // Row-major storage: a transpose swaps the row and column strides.
@@ -497,13 +565,19 @@ impl CustomOp2 for Products {
                 let (i, r0) = (t / blocks, (t % blocks) * rows_per_block);
                 let lhs = &lhs[i * m * k + r0 * lhs_rs..(i + 1) * m * k];
                 let rhs = &rhs[i * k * n..(i + 1) * k * n];
-                product(
+                if let Some(bias) = bias {
+                    for row in out.chunks_exact_mut(n) {
+                        row.copy_from_slice(bias);
+                    }
+                }
+                product_into(
                     (out.len() / n, n, k),
                     out,
                     n,
                     (lhs, lhs_rs, lhs_cs),
                     (rhs, rhs_rs, rhs_cs),
                     self.scale,
+                    bias.is_some(),
                 );
             },
         );
@@ -512,13 +586,8 @@ impl CustomOp2 for Products {
         Ok((CpuStorage::F32(out), dims.into()))
     }
 
-    fn bwd(
-        &self,
-        a: &Tensor,
-        b: &Tensor,
-        _out: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    /// The gradients of both operands from the gradient `g` of the products.
+    fn grads(&self, a: &Tensor, b: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
         let g = g.contiguous()?;
         let products = |lhs: &Tensor, lhs_t, rhs: &Tensor, rhs_t| {
             let op = Products {
@@ -539,7 +608,92 @@ impl CustomOp2 for Products {
         } else {
             products(a, !self.lhs_t, &g, false)?
         };
+        Ok((da, db))
+    }
+}
+
+impl CustomOp2 for Products {
+    fn name(&self) -> &'static str {
+        "fused-products"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.compute((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _out: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (da, db) = self.grads(a, b, g)?;
         Ok((Some(da), Some(db)))
+    }
+}
+
+/// A linear layer, `x·Wᵀ + b`, for `x` `[M, K]`, `W` `[N, K]` (PyTorch's layout) and `b`
+/// `[N]`: one op, so the output is written once (the bias, then the product added in the same
+/// task) and the backward has one node fewer to clear and sum into than a product followed by
+/// [`add_bias`]. Backward: `∂x = g·W`, `∂W = gᵀ·x`, `∂b = Σ_rows g`.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !(fused(x) && fused(w) && fused(b)) {
+        return add_bias(&scaled_products_nt(x, w, 1.0)?, b);
+    }
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, Linear)
+}
+
+/// [`linear`]'s op: [`Products`] of `x` and `Wᵀ` with the bias as the rows' start.
+struct Linear;
+
+impl Linear {
+    const PRODUCTS: Products = Products {
+        scale: 1.0,
+        lhs_t: false,
+        rhs_t: true,
+    };
+}
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (bias, _) = rows_of(s3, l3, self.name())?;
+        if l3.dims().len() != 1 {
+            candle_core::bail!("fused-linear: a bias of shape {:?}, not [N]", l3.dims());
+        }
+        Self::PRODUCTS.compute((s1, l1), (s2, l2), Some(bias))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = Self::PRODUCTS.grads(x, w, g)?;
+        let db = g.contiguous()?.apply_op1_no_bwd(&ColumnSums)?;
+        Ok((Some(dx), Some(dw), Some(db)))
     }
 }
 
@@ -755,7 +909,8 @@ fn column_sums(
 // ---------------------------------------------------------------------------------------------
 // Bias
 
-/// `x + b`: a bias `b` `[D]` added to every row of `x` `[.., D]` (the bias of a linear layer).
+/// `x + b`: a bias `b` `[D]` added to every row of `x` `[.., D]` (the patch embedding's, and a
+/// linear layer's where its product is not [`linear`]'s).
 ///
 /// Backward: `∂L/∂x = g` (passed on, no copy) and `∂L/∂b = Σ_rows g`, summed by a parallel
 /// column-sum kernel (candle's broadcast backward reduces over the leading axes slowly).

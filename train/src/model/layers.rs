@@ -58,10 +58,9 @@ impl Linear {
         };
         let x = x.reshape((rows, inp))?;
         let y = match self.precision {
-            Precision::Bf16 => self.precision.matmul(&x, &weight.t()?)?,
-            Precision::F32 | Precision::Tf32 => fused::scaled_products_nt(&x, &weight, 1.0)?,
+            Precision::Bf16 => fused::add_bias(&self.precision.matmul(&x, &weight.t()?)?, &bias)?,
+            Precision::F32 | Precision::Tf32 => fused::linear(&x, &weight, &bias)?,
         };
-        let y = fused::add_bias(&y, &bias)?;
         dims.push(len);
         Ok(y.reshape(dims)?)
     }
