@@ -273,18 +273,19 @@ fn gelu_matches_composite() {
 }
 
 #[test]
-fn scale_samples_matches_composite() {
+fn add_scaled_samples_matches_composite() {
     let factors = [0.0f32, 1.25, 1.25, 0.0, 1.25];
-    let f = move |x: &Tensor| fused::scale_samples(x, &factors);
+    let f = move |args: &[Tensor]| fused::add_scaled_samples(&args[0], &args[1], &factors);
     // More values than one task of the elementwise kernel, samples not aligned to it.
-    check("scale samples", &f, &normal(&[5, 197, 19], 50, 1.0), false);
-    check(
-        "scale samples (transposed)",
-        &f,
-        &normal(&[5, 19, 7], 51, 1.0),
-        true,
+    let (x, y) = (
+        normal(&[5, 197, 19], 50, 1.0),
+        normal(&[5, 197, 19], 53, 1.0),
     );
-    assert!(fused::scale_samples(&normal(&[4, 3], 52, 1.0), &factors).is_err());
+    check_all("add scaled samples", &f, &[x, y], false);
+    let (x, y) = (normal(&[5, 19, 7], 51, 1.0), normal(&[5, 7, 19], 54, 1.0));
+    check_all("add scaled samples (transposed)", &f, &[x, y], true);
+    let x = normal(&[4, 3], 52, 1.0);
+    assert!(fused::add_scaled_samples(&x, &x, &factors).is_err());
 }
 
 /// Target distributions with exact zeros: every row has some, some rows are one-hot.

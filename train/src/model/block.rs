@@ -50,9 +50,9 @@ impl Block {
     /// the block is deterministic (evaluation).
     pub fn forward(&self, x: &Tensor, mut rng: Option<&mut SampleDraws>) -> Result<Tensor> {
         let attn = self.attn.forward(&self.norm1.forward(x)?)?;
-        let x = (x + drop_path(&attn, self.drop_path, rng.as_deref_mut())?)?;
+        let x = add_dropped_path(x, &attn, self.drop_path, rng.as_deref_mut())?;
         let mlp = self.mlp.forward(&self.norm2.forward(&x)?)?;
-        Ok((&x + drop_path(&mlp, self.drop_path, rng)?)?)
+        add_dropped_path(&x, &mlp, self.drop_path, rng)
     }
 
     /// Only LN1 and the qkv projection, split into this block's heads: all distillation needs
@@ -62,17 +62,23 @@ impl Block {
     }
 }
 
-/// Zeroes whole samples of a residual branch `[B, ...]` with probability `rate` and scales
-/// the kept ones by 1/(1 − rate) (timm's `drop_path`, `scale_by_keep`). A no-op without an
-/// RNG or at rate 0, so it draws nothing then.
-fn drop_path(x: &Tensor, rate: f64, draws: Option<&mut SampleDraws>) -> Result<Tensor> {
+/// `x + drop_path(branch)`: the residual branch `[B, ...]` added to the stream `x` with whole
+/// samples zeroed with probability `rate` and the kept ones scaled by 1/(1 − rate) (timm's
+/// `drop_path`, `scale_by_keep`). Drop path is a no-op without an RNG or at rate 0, so it
+/// draws nothing then.
+fn add_dropped_path(
+    x: &Tensor,
+    branch: &Tensor,
+    rate: f64,
+    draws: Option<&mut SampleDraws>,
+) -> Result<Tensor> {
     let Some(draws) = draws.filter(|_| rate > 0.0) else {
-        return Ok(x.clone());
+        return Ok((x + branch)?);
     };
     let mask = draws
-        .keep_scales(x.dim(0)?, 1.0 - rate)
+        .keep_scales(branch.dim(0)?, 1.0 - rate)
         .map_err(candle_core::Error::Msg)?;
-    Ok(super::fused::scale_samples(x, &mask)?)
+    Ok(super::fused::add_scaled_samples(x, branch, &mask)?)
 }
 
 #[cfg(test)]
@@ -87,7 +93,7 @@ mod tests {
         let x = Tensor::ones((64, 3, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
         let mut rng = TrainRng::from_seed(3);
         let mut draws = SampleDraws::new(&mut rng, Part::WHOLE, 64);
-        let y = drop_path(&x, 0.25, Some(&mut draws)).unwrap();
+        let y = (add_dropped_path(&x, &x, 0.25, Some(&mut draws)).unwrap() - &x).unwrap();
         let rows = y.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
         let mut dropped = 0;
         for row in &rows {
@@ -119,15 +125,17 @@ mod tests {
             .unwrap();
         let mut rng = TrainRng::from_seed(3);
         let before = rng.state();
-        let y = drop_path(
+        let twice = (&x * 2.0).unwrap().to_vec2::<f32>().unwrap();
+        let y = add_dropped_path(
+            &x,
             &x,
             0.0,
             Some(&mut SampleDraws::new(&mut rng, Part::WHOLE, 4)),
         )
         .unwrap();
-        assert_eq!(y.to_vec2::<f32>().unwrap(), x.to_vec2::<f32>().unwrap());
+        assert_eq!(y.to_vec2::<f32>().unwrap(), twice);
         assert_eq!(rng.state(), before, "rate 0 draws nothing");
-        let y = drop_path(&x, 0.5, None).unwrap();
-        assert_eq!(y.to_vec2::<f32>().unwrap(), x.to_vec2::<f32>().unwrap());
+        let y = add_dropped_path(&x, &x, 0.5, None).unwrap();
+        assert_eq!(y.to_vec2::<f32>().unwrap(), twice);
     }
 }

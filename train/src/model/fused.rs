@@ -1,7 +1,8 @@
 //! Fused CPU kernels for the row-wise operations of the student: softmax, log-softmax, the
-//! relation KL, LayerNorm, linear layers (product and bias in one op), a bias, the exact (erf) GELU and drop path's
-//! per-sample scaling, whole attention heads (products, softmax and their backward) and the
-//! products of many small matrices (the relation logits of every head).
+//! relation KL, LayerNorm, linear layers (product and bias in one op), a bias, the exact (erf)
+//! GELU, a residual branch under drop path's per-sample scaling, whole attention heads
+//! (products, softmax and their backward) and the products of many small matrices (the
+//! relation logits of every head).
 //!
 //! Built from candle's primitive ops, each of these costs several passes over memory and as
 //! many temporaries forward, and more backward (candle's `Mul` backward, for one, computes
@@ -1240,55 +1241,132 @@ impl CustomOp3 for GeluBwd {
 // ---------------------------------------------------------------------------------------------
 // Per-sample scaling (drop path)
 
-/// `x` `[B, ...]` with sample `i` multiplied by `factors[i]`: drop path's mask, applied
-/// without a broadcast mask tensor.
+/// `x + y` with sample `i` of `y` `[B, ...]` multiplied by `factors[i]`: a residual branch
+/// under drop path's mask, added to the stream in one pass and without a broadcast mask
+/// tensor.
 ///
-/// Backward: `∂L/∂x = g` with sample `i` multiplied by `factors[i]`; the factors are
-/// constants (candle's `Mul` backward would also compute a gradient for the mask).
-pub fn scale_samples(x: &Tensor, factors: &[f32]) -> Result<Tensor> {
-    if x.dim(0)? != factors.len() {
+/// Backward: `∂L/∂x = g` (passed on, no copy), `∂L/∂y = g` with sample `i` multiplied by
+/// `factors[i]`; the factors are constants (candle's `Mul` backward would also compute a
+/// gradient for the mask).
+pub fn add_scaled_samples(x: &Tensor, y: &Tensor, factors: &[f32]) -> Result<Tensor> {
+    if y.dim(0)? != factors.len() || x.dims() != y.dims() {
         return Err(candle_core::Error::Msg(format!(
-            "scale_samples: {} factors for {} samples",
+            "add_scaled_samples: {} factors for {:?} added to {:?}",
             factors.len(),
-            x.dim(0)?
+            y.dims(),
+            x.dims()
         )));
     }
-    if !fused(x) {
-        let mut shape = vec![1; x.rank()];
+    if !(fused(x) && fused(y)) {
+        let mut shape = vec![1; y.rank()];
         shape[0] = factors.len();
-        let mask = Tensor::from_slice(factors, shape, x.device())?.to_dtype(x.dtype())?;
-        return x.broadcast_mul(&mask);
+        let mask = Tensor::from_slice(factors, shape, y.device())?.to_dtype(y.dtype())?;
+        return x + y.broadcast_mul(&mask)?;
     }
-    x.contiguous()?.apply_op1(ScaleSamples {
-        factors: factors.to_vec(),
-    })
+    x.contiguous()?.apply_op2(
+        &y.contiguous()?,
+        AddScaledSamples {
+            factors: factors.to_vec(),
+        },
+    )
 }
 
-struct ScaleSamples {
+/// Fills `out`, the values from flat index `start` of a `[B, ...]` tensor of `per_sample`
+/// values a sample, by `f(sample's factor, offset in out, offset in the tensor, values)` for
+/// the part of it in each sample.
+fn by_sample(
+    factors: &[f32],
+    per_sample: usize,
+    start: usize,
+    out: &mut [f32],
+    f: impl Fn(f32, usize, &mut [f32]),
+) {
+    let mut at = 0;
+    while at < out.len() {
+        let sample = (start + at) / per_sample;
+        let stop = out.len().min((sample + 1) * per_sample - start);
+        f(factors[sample], start + at, &mut out[at..stop]);
+        at = stop;
+    }
+}
+
+struct AddScaledSamples {
     factors: Vec<f32>,
 }
 
-impl CustomOp1 for ScaleSamples {
+impl CustomOp2 for AddScaledSamples {
+    fn name(&self) -> &'static str {
+        "fused-add-scaled-samples"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, _) = rows_of(s1, l1, self.name())?;
+        let (y, _) = rows_of(s2, l2, self.name())?;
+        let per_sample = y.len() / self.factors.len().max(1);
+        let out = par_rows(y.len(), ELEMENTWISE_CHUNK, |c, out| {
+            by_sample(
+                &self.factors,
+                per_sample,
+                c * ELEMENTWISE_CHUNK,
+                out,
+                |f, at, out| {
+                    let (x, y) = (&x[at..at + out.len()], &y[at..at + out.len()]);
+                    for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
+                        *o = x + y * f;
+                    }
+                },
+            );
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        _out: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let scaled = g.contiguous()?.apply_op1_no_bwd(&ScaleSamples {
+            factors: &self.factors,
+        })?;
+        Ok((Some(g.clone()), Some(scaled)))
+    }
+}
+
+/// `g` `[B, ...]` with sample `i` multiplied by `factors[i]`.
+struct ScaleSamples<'a> {
+    factors: &'a [f32],
+}
+
+impl CustomOp1 for ScaleSamples<'_> {
     fn name(&self) -> &'static str {
         "fused-scale-samples"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, _) = rows_of(s, l, self.name())?;
-        let per_sample = x.len() / self.factors.len().max(1);
-        let out = par_rows(x.len(), ELEMENTWISE_CHUNK, |c, y| {
-            let start = c * ELEMENTWISE_CHUNK;
-            for (j, (y, &x)) in y.iter_mut().zip(&x[start..]).enumerate() {
-                *y = x * self.factors[(start + j) / per_sample];
-            }
+        let (g, _) = rows_of(s, l, self.name())?;
+        let per_sample = g.len() / self.factors.len().max(1);
+        let out = par_rows(g.len(), ELEMENTWISE_CHUNK, |c, out| {
+            by_sample(
+                self.factors,
+                per_sample,
+                c * ELEMENTWISE_CHUNK,
+                out,
+                |f, at, out| {
+                    let g = &g[at..at + out.len()];
+                    for (o, &g) in out.iter_mut().zip(g) {
+                        *o = g * f;
+                    }
+                },
+            );
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let scaled = g.contiguous()?.apply_op1_no_bwd(&ScaleSamples {
-            factors: self.factors.clone(),
-        })?;
-        Ok(Some(scaled))
     }
 }
