@@ -246,6 +246,33 @@ fn linear_matches_composite() {
 }
 
 #[test]
+fn linear_of_a_constant_input_gives_only_the_parameters_gradients() {
+    // The patch embedding's case: pixels are no variable, so the fused op computes no gradient
+    // for them (candle's composite path, the f64 reference here, does).
+    let x = normal(&[70, 24], 55, 1.0);
+    let grads_of = |x: &Tensor, dtype| {
+        let w = Var::from_tensor(&normal(&[33, 24], 56, 1.0).to_dtype(dtype).unwrap()).unwrap();
+        let b = Var::from_tensor(&normal(&[33], 57, 1.0).to_dtype(dtype).unwrap()).unwrap();
+        let x = x.to_dtype(dtype).unwrap();
+        let y = fused::linear(&x, w.as_tensor(), b.as_tensor()).unwrap();
+        let loss = (&y * randn(&[70, 33], &mut rng(58)).to_dtype(dtype).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        if dtype == DType::F32 {
+            assert!(grads.get(&x).is_none(), "a constant input gets no gradient");
+        }
+        [w.as_tensor(), b.as_tensor()].map(|p| grads.get(p).unwrap().to_dtype(DType::F32).unwrap())
+    };
+    let (fused_grads, reference) = (grads_of(&x, DType::F32), grads_of(&x, DType::F64));
+    for (g, r) in fused_grads.iter().zip(&reference) {
+        let err = max_rel_err(g, r);
+        assert!(err < TOLERANCE, "parameter gradient relative error {err:e}");
+    }
+}
+
+#[test]
 fn gelu_matches_composite() {
     let f = |x: &Tensor| fused::gelu_erf(x);
     // More values than one task of the elementwise kernel, and not a multiple of it.

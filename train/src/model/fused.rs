@@ -593,8 +593,15 @@ impl Products {
         Ok((CpuStorage::F32(out), dims.into()))
     }
 
-    /// The gradients of both operands from the gradient `g` of the products.
-    fn grads(&self, a: &Tensor, b: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// The gradients of both operands from the gradient `g` of the products, each only where
+    /// its operand takes part in the graph (`track_op`): a constant operand, such as the
+    /// pixels of the patch embedding, gets none.
+    fn grads(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = g.contiguous()?;
         let products = |lhs: &Tensor, lhs_t, rhs: &Tensor, rhs_t| {
             let op = Products {
@@ -605,15 +612,15 @@ impl Products {
             lhs.apply_op2_no_bwd(rhs, &op)
         };
         // C = s·L·R with L = op(a), R = op(b): ∂L = s·g·Rᵀ, ∂R = s·Lᵀ·g.
-        let da = if self.lhs_t {
-            products(b, self.rhs_t, &g, true)?
-        } else {
-            products(&g, false, b, !self.rhs_t)?
+        let da = match (a.track_op(), self.lhs_t) {
+            (false, _) => None,
+            (true, true) => Some(products(b, self.rhs_t, &g, true)?),
+            (true, false) => Some(products(&g, false, b, !self.rhs_t)?),
         };
-        let db = if self.rhs_t {
-            products(&g, true, a, self.lhs_t)?
-        } else {
-            products(a, !self.lhs_t, &g, false)?
+        let db = match (b.track_op(), self.rhs_t) {
+            (false, _) => None,
+            (true, true) => Some(products(&g, true, a, self.lhs_t)?),
+            (true, false) => Some(products(a, !self.lhs_t, &g, false)?),
         };
         Ok((da, db))
     }
@@ -641,8 +648,7 @@ impl CustomOp2 for Products {
         _out: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (da, db) = self.grads(a, b, g)?;
-        Ok((Some(da), Some(db)))
+        self.grads(a, b, g)
     }
 }
 
@@ -700,7 +706,7 @@ impl CustomOp3 for Linear {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = Self::PRODUCTS.grads(x, w, g)?;
         let db = g.contiguous()?.apply_op1_no_bwd(&ColumnSums)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        Ok((dx, dw, Some(db)))
     }
 }
 

@@ -146,11 +146,21 @@ impl PatchEmbed {
     }
 
     /// Pixels `[B, 3, S, S]` to patch tokens `[B, (S/p)², D]`, row-major over the grid.
+    ///
+    /// The conv as what it is, a product: each patch's `3·p·p` pixels (channel, row, column,
+    /// the conv weight's order) as a row, times the weight viewed `[D, 3·p·p]`, through
+    /// [`fused::linear`]. candle's conv2d backward would also compute the pixels' gradient
+    /// (a transposed conv over every image) and take the weight's through a dilated conv.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        let y = pixels.conv2d(&self.weight, 0, self.patch, 1, 1)?;
-        Ok(fused::add_bias(
-            &y.flatten_from(2)?.transpose(1, 2)?,
-            &self.bias,
-        )?)
+        let (b, c, h, w) = pixels.dims4()?;
+        let p = self.patch;
+        let (rows, cols) = (h / p, w / p);
+        let patches = pixels
+            .reshape((b, c, rows, p, cols, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((b * rows * cols, c * p * p))?;
+        let dim = self.weight.dim(0)?;
+        let weight = self.weight.reshape((dim, c * p * p))?;
+        Ok(fused::linear(&patches, &weight, &self.bias)?.reshape((b, rows * cols, dim))?)
     }
 }
