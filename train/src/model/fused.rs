@@ -79,11 +79,6 @@ fn par_blocks(
 /// on candle's own CPU worker pool (the one its elementwise ops use), so that its workers do
 /// this work rather than spin beside it.
 ///
-/// Each task runs under [`pulp::Arch::dispatch`], so `f` and what inlines into it is compiled
-/// for AVX2 and FMA where the CPU has them (x86-64-v3), the baseline build's SSE2 elsewhere:
-/// its elementwise loops run 8 lanes wide. Without `mul_add` nothing is contracted and sums
-/// keep their order, so results are the same bits either way.
-///
 /// `f` must write every value of its span: the buffer is not cleared first (a serial memset of
 /// every output was 4 % of a training step, the other thread idle meanwhile). Debug builds fill
 /// each span with NaN before `f`, so a value left unwritten shows in any test.
@@ -110,7 +105,6 @@ fn par_spans(
     unsafe impl Sync for Spans {}
     let out_ptr = Spans(out.as_mut_ptr());
     let out_ref = &out_ptr;
-    let arch = pulp::Arch::new();
     candle_core::utils::barrier_pool().execute_chunked(tasks, |chunk| {
         for t in chunk {
             let r = span(t);
@@ -123,7 +117,7 @@ fn par_spans(
             if cfg!(debug_assertions) {
                 part.fill(f32::NAN);
             }
-            arch.dispatch(|| f(t, part));
+            f(t, part);
         }
     });
     // SAFETY: the spans cover `0..len` (checked above) and every task has written its span.
