@@ -125,29 +125,114 @@ fn par_spans(
     out
 }
 
+/// `e^x` in f32, branch-free so that a loop of it vectorises (glibc's `expf` is a call per
+/// value): `x = n·ln 2 + r` with `|r| ≤ ½ ln 2`, `e^r` by Cephes' `expf` polynomial, `2^n`
+/// put into the exponent bits. Within 2 ulps of `e^x` (`exp_is_within_float_rounding`); 0
+/// below −87.3 (where `e^x` is below f32's smallest normal), clamped at 88.3 above.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5·2²³: adding it rounds to an integer, which then sits in the low mantissa bits (no
+    // call to floorf where the loop is built without SSE4.1).
+    const ROUND: f32 = 12_582_912.0;
+    let xc = x.clamp(-87.33, 88.3);
+    let t = xc * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let p = [
+        1.987_569_1e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        5.000_000_1e-1,
+    ]
+    .iter()
+    .fold(0.0, |acc, &c| acc * r + c);
+    let n_bits = t.to_bits().wrapping_sub(ROUND.to_bits());
+    let two_n = f32::from_bits(n_bits.wrapping_add(127) << 23);
+    let y = (p * r * r + r + 1.0) * two_n;
+    if x < -87.33 {
+        0.0
+    } else {
+        y
+    }
+}
+
+/// `op`-reduction of a row in 8 lanes (then across them), so that it vectorises: a serial
+/// f32 reduction waits on each addition's latency.
+#[inline(always)]
+fn reduce(x: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [init; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = op(*lane, v);
+        }
+    }
+    let lanes = lanes.into_iter().fold(init, &op);
+    tail.iter().fold(lanes, |acc, &v| op(acc, v))
+}
+
+/// `Σ x` of a row, in lanes ([`reduce`]).
+#[inline(always)]
+fn sum(x: &[f32]) -> f32 {
+    reduce(x, 0.0, |a, b| a + b)
+}
+
+/// `max x` of a row, in lanes ([`reduce`]).
+#[inline(always)]
+fn max(x: &[f32]) -> f32 {
+    reduce(x, f32::NEG_INFINITY, f32::max)
+}
+
 /// `(max, ln Σ exp(x − max))` of a row: its log-sum-exp is their sum, computed stably.
+#[inline(always)]
 fn max_and_log_sum_exp(x: &[f32]) -> (f32, f32) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = x.iter().map(|&v| (v - max).exp()).sum();
-    (max, sum.ln())
+    let max = max(x);
+    let mut lanes = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|&v| exp(v - max)).sum();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += exp(v - max);
+        }
+    }
+    (max, (sum(&lanes) + tail).ln())
 }
 
 /// Replaces a row of logits by its softmax: `exp(y − max y) / Σ exp(y − max y)`.
+#[inline(always)]
 fn softmax_in_place(y: &mut [f32]) {
-    let max = y.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
+    let max = max(y);
     for y in y.iter_mut() {
-        *y = (*y - max).exp();
-        sum += *y;
+        *y = exp(*y - max);
     }
+    let sum = sum(y);
     for y in y.iter_mut() {
         *y /= sum;
     }
 }
 
-/// `Σ a·b` of two rows.
+/// `Σ a·b` of two rows, in lanes.
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (ca, cb) in ca.zip(cb) {
+        for ((lane, &x), &y) in lanes.iter_mut().zip(ca).zip(cb) {
+            *lane += x * y;
+        }
+    }
+    sum(&lanes) + tail
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -341,6 +426,7 @@ fn product_into(
 
 /// A head's probabilities `softmax(scale·q·kᵀ)`, `n×n`, into `p`; q and k are `n×d` with
 /// rows `rs` apart.
+#[inline(always)]
 fn head_probabilities(
     q: &[f32],
     k: &[f32],
@@ -762,9 +848,9 @@ impl CustomOp2 for LogSoftmaxBwd {
         let (g, _) = rows_of(s2, l2, self.name())?;
         let out = par_rows(y.len(), d, |r, dx| {
             let (y, g) = (&y[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
-            let sum: f32 = g.iter().sum();
+            let sum = sum(g);
             for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-                *dx = g - y.exp() * sum;
+                *dx = g - exp(y) * sum;
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -869,9 +955,9 @@ impl CustomOp3 for KlRowsBwd {
         let out = par_rows(s.len(), d, |r, ds| {
             let (s, t) = (&s[r * d..(r + 1) * d], &t[r * d..(r + 1) * d]);
             let (max, lse) = max_and_log_sum_exp(s);
-            let mass: f32 = t.iter().sum();
+            let mass = sum(t);
             for ((ds, &s), &t) in ds.iter_mut().zip(s).zip(t) {
-                *ds = g[r] * ((s - max - lse).exp() * mass - t);
+                *ds = g[r] * (exp(s - max - lse) * mass - t);
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -1028,15 +1114,14 @@ struct LayerNorm {
 }
 
 /// Writes `x − μ` of a row to `centred` and returns `√(σ² + eps)`.
+#[inline(always)]
 fn centre(x: &[f32], eps: f32, centred: &mut [f32]) -> f32 {
     let inv_d = (1.0 / x.len() as f64) as f32;
-    let mean = x.iter().sum::<f32>() * inv_d;
-    let mut sq = 0f32;
+    let mean = sum(x) * inv_d;
     for (c, &x) in centred.iter_mut().zip(x) {
         *c = x - mean;
-        sq += *c * *c;
     }
-    (sq * inv_d + eps).sqrt()
+    (dot(centred, centred) * inv_d + eps).sqrt()
 }
 
 impl CustomOp3 for LayerNorm {
@@ -1265,7 +1350,7 @@ impl CustomOp3 for GeluBwd {
             let (x, y, g) = (&x[part.clone()], &y[part.clone()], &g[part]);
             for (((dx, &x), &y), &g) in dx.iter_mut().zip(x).zip(y).zip(g) {
                 let cdf = if x.abs() < 1e-30 { 0.5 } else { y / x };
-                let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
+                let pdf = INV_SQRT_2PI * exp(-0.5 * x * x);
                 *dx = g * (cdf + x * pdf);
             }
         });
@@ -1408,7 +1493,22 @@ impl CustomOp1 for ScaleSamples<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::erf;
+    use super::{erf, exp};
+
+    #[test]
+    fn exp_is_within_float_rounding() {
+        // Against f64's exp, relative, on a grid over the range where e^x is a normal f32.
+        let mut worst = 0f64;
+        for i in -873_000..=883_000 {
+            let x = i as f32 * 1e-4;
+            let reference = (x as f64).exp();
+            worst = worst.max((exp(x) as f64 - reference).abs() / reference);
+        }
+        assert!(worst < 2.5e-7, "exp off by {worst:e} (relative)");
+        assert_eq!(exp(-100.0), 0.0);
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(f32::NAN).is_nan());
+    }
 
     #[test]
     fn erf_is_within_float_rounding() {
