@@ -160,47 +160,46 @@ fn exp(x: f32) -> f32 {
     }
 }
 
-/// `op`-reduction of a row in 8 lanes (then across them), so that it vectorises: a serial
-/// f32 reduction waits on each addition's latency.
+/// A fold of a row in 8 lanes, so that it vectorises (a serial f32 fold waits on each
+/// step's latency): each lane folds every 8th value by `step`, the lanes are then combined by
+/// `combine`, and the values past the last whole 8 are folded onto that by `step`.
 #[inline(always)]
-fn reduce(x: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
+fn fold_lanes(
+    x: &[f32],
+    init: f32,
+    step: impl Fn(f32, f32) -> f32,
+    combine: impl Fn(f32, f32) -> f32,
+) -> f32 {
     let mut lanes = [init; 8];
     let chunks = x.chunks_exact(8);
     let tail = chunks.remainder();
     for chunk in chunks {
         for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane = op(*lane, v);
+            *lane = step(*lane, v);
         }
     }
-    let lanes = lanes.into_iter().fold(init, &op);
-    tail.iter().fold(lanes, |acc, &v| op(acc, v))
+    let lanes = lanes.into_iter().fold(init, combine);
+    tail.iter().fold(lanes, |acc, &v| step(acc, v))
 }
 
-/// `Σ x` of a row, in lanes ([`reduce`]).
+/// `Σ x` of a row, in lanes ([`fold_lanes`]).
 #[inline(always)]
 fn sum(x: &[f32]) -> f32 {
-    reduce(x, 0.0, |a, b| a + b)
+    fold_lanes(x, 0.0, |a, b| a + b, |a, b| a + b)
 }
 
-/// `max x` of a row, in lanes ([`reduce`]).
+/// `max x` of a row, in lanes ([`fold_lanes`]).
 #[inline(always)]
 fn max(x: &[f32]) -> f32 {
-    reduce(x, f32::NEG_INFINITY, f32::max)
+    fold_lanes(x, f32::NEG_INFINITY, f32::max, f32::max)
 }
 
 /// `(max, ln Σ exp(x − max))` of a row: its log-sum-exp is their sum, computed stably.
 #[inline(always)]
 fn max_and_log_sum_exp(x: &[f32]) -> (f32, f32) {
     let max = max(x);
-    let mut lanes = [0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().map(|&v| exp(v - max)).sum();
-    for chunk in chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += exp(v - max);
-        }
-    }
-    (max, (sum(&lanes) + tail).ln())
+    let sum = fold_lanes(x, 0.0, |a, v| a + exp(v - max), |a, b| a + b);
+    (max, sum.ln())
 }
 
 /// Replaces a row of logits by its softmax: `exp(y − max y) / Σ exp(y − max y)`.
