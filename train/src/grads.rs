@@ -4,10 +4,12 @@
 use std::collections::BTreeMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::Tensor;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
 use crate::error::Result;
+use crate::model::fused::{dot, fused, rows_of};
 use crate::model::Param;
+use crate::pool::par_spans;
 
 /// The gradient of each parameter that received one, keyed by its timm name. Parameters
 /// outside the loss's graph are absent (and AdamW leaves them untouched, as PyTorch does for
@@ -69,7 +71,7 @@ impl Gradients {
         let squares = self
             .grads
             .values()
-            .map(|g| g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64))
+            .map(sum_of_squares)
             .collect::<candle_core::Result<Vec<_>>>()?;
         if squares.is_empty() {
             return Ok(None);
@@ -95,6 +97,46 @@ impl Gradients {
             }
         }
         Ok(())
+    }
+}
+
+/// `Σ x²` of a tensor as an f64 scalar. On the CPU in f32, one parallel pass with no
+/// temporary: f32 lanes within a chunk, the chunks' partial sums added in f64. Elsewhere
+/// candle's `sqr` and `sum_all`.
+fn sum_of_squares(x: &Tensor) -> candle_core::Result<Tensor> {
+    if !fused(x) {
+        return x.sqr()?.sum_all()?.to_dtype(DType::F64);
+    }
+    x.contiguous()?.apply_op1_no_bwd(&SumOfSquares)
+}
+
+/// [`sum_of_squares`]' CPU op.
+struct SumOfSquares;
+
+impl SumOfSquares {
+    /// Values per partial sum (and parallel task).
+    const CHUNK: usize = 1 << 14;
+}
+
+impl CustomOp1 for SumOfSquares {
+    fn name(&self) -> &'static str {
+        "sum-of-squares"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, _) = rows_of(s, l, self.name())?;
+        let chunks = x.len().div_ceil(Self::CHUNK);
+        let partials = par_spans(
+            chunks,
+            chunks,
+            |c| c..c + 1,
+            |c, partial| {
+                let x = &x[c * Self::CHUNK..x.len().min((c + 1) * Self::CHUNK)];
+                partial[0] = dot(x, x);
+            },
+        );
+        let sum = partials.iter().map(|&p| p as f64).sum::<f64>();
+        Ok((CpuStorage::F64(vec![sum]), Shape::from(())))
     }
 }
 
@@ -147,5 +189,33 @@ mod tests {
             assert!((*got as f64 - want).abs() < 1e-6);
         }
         assert!((g.global_norm().unwrap() - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn squared_norm_of_many_chunks_matches_an_f64_sum_in_f32_and_f64() {
+        // Several of the CPU op's chunks and a partial one, in f32 (the CPU op) and in f64
+        // (candle's composite ops).
+        let values: Vec<f32> = (0..3 * SumOfSquares::CHUNK + 777)
+            .map(|i| ((i as f32) * 0.61).cos() * (1.0 + (i % 7) as f32))
+            .collect();
+        let want: f64 = values.iter().map(|&v| v as f64 * v as f64).sum();
+        let g32 = Tensor::new(values.as_slice(), &Device::Cpu).unwrap();
+        let g64 = g32.to_dtype(DType::F64).unwrap();
+        for g in [g32, g64] {
+            let dtype = g.dtype();
+            let g = Gradients {
+                grads: [("w".to_string(), g)].into(),
+            };
+            let got = g
+                .squared_norm()
+                .unwrap()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(
+                (got - want).abs() / want < 1e-6,
+                "{dtype:?}: {got} vs {want}"
+            );
+        }
     }
 }

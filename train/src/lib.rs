@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod model;
 pub mod online;
 pub mod optim;
+mod pool;
 pub mod precision;
 pub mod probe;
 pub mod rng;

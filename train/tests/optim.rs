@@ -194,3 +194,98 @@ fn restored_moments_must_match_their_parameters() {
     let err = AdamW::with_state(&params, AdamWConfig::default(), state, "ckpt").unwrap_err();
     assert!(err.to_string().contains("ghost"), "{err}");
 }
+
+/// The in-place path (f32 on the CPU, many parallel chunks) against the composite path (the
+/// same values in f64, which the in-place path does not take) and the f64 update rule, over
+/// three steps with decay; moments included.
+#[test]
+fn in_place_update_matches_the_composite_path_on_a_large_parameter() {
+    let len = 3 * (1 << 14) + 123;
+    let config = AdamWConfig::default();
+    let wave = |seed: f32| -> Vec<f32> {
+        (0..len)
+            .map(|i| (i as f32 * 0.37 + seed).sin() * 1.7)
+            .collect()
+    };
+    let init = wave(0.5);
+    let shape = [len / 3, 3];
+    let f32_param = param("blocks.0.mlp.fc1.weight", &init, &shape);
+    let f64_param = Param {
+        name: f32_param.name.clone(),
+        var: Var::from_tensor(&f32_param.var.to_dtype(candle_core::DType::F64).unwrap()).unwrap(),
+    };
+    let mut reference = Reference {
+        p: init.iter().map(|&x| x as f64).collect(),
+        m: vec![0.0; len],
+        v: vec![0.0; len],
+        t: 0,
+    };
+    let (mut fast, mut composite) = (
+        AdamW::new(std::slice::from_ref(&f32_param), config.clone()),
+        AdamW::new(std::slice::from_ref(&f64_param), config.clone()),
+    );
+    for (step, lr) in [1e-2, 3e-2, 5e-3].into_iter().enumerate() {
+        let g = wave(2.0 + step as f32);
+        fast.step(
+            &gradients(std::slice::from_ref(&f32_param), std::slice::from_ref(&g)),
+            lr,
+        )
+        .unwrap();
+        let g64 = Tensor::from_slice(&g, &shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(candle_core::DType::F64)
+            .unwrap();
+        let loss = (f64_param.var.as_tensor() * g64)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        composite
+            .step(
+                &Gradients::collect(std::slice::from_ref(&f64_param), &loss.backward().unwrap()),
+                lr,
+            )
+            .unwrap();
+        reference.step(&g, lr, config.weight_decay, &config);
+    }
+    let as_f64 = |t: &Tensor| -> Vec<f64> {
+        t.flatten_all()
+            .unwrap()
+            .to_dtype(candle_core::DType::F64)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let (fast_state, composite_state) = (
+        &fast.state()[f32_param.name.as_str()],
+        &composite.state()[f32_param.name.as_str()],
+    );
+    for (what, got, composite, reference) in [
+        (
+            "parameter",
+            as_f64(f32_param.var.as_tensor()),
+            as_f64(f64_param.var.as_tensor()),
+            &reference.p,
+        ),
+        (
+            "first moment",
+            as_f64(&fast_state.m),
+            as_f64(&composite_state.m),
+            &reference.m,
+        ),
+        (
+            "second moment",
+            as_f64(&fast_state.v),
+            as_f64(&composite_state.v),
+            &reference.v,
+        ),
+    ] {
+        let scale = reference.iter().fold(0f64, |a, x| a.max(x.abs()));
+        for (i, ((g, c), r)) in got.iter().zip(&composite).zip(reference).enumerate() {
+            assert!(
+                (g - c).abs() / scale < 1e-6 && (c - r).abs() / scale < 1e-12,
+                "{what} {i}: in place {g}, composite {c}, reference {r}"
+            );
+        }
+    }
+    assert_eq!(fast_state.step, 3);
+}

@@ -11,11 +11,7 @@
 //! whose backward is another fused op of one pass. candle's own fused `softmax_last_dim` and
 //! `layer_norm` cannot be used: they have no backward (DEPENDENCIES.md).
 //!
-//! The kernels run over blocks of rows on candle's CPU worker pool
-//! (`candle_core::utils::barrier_pool`), the one candle 0.11's elementwise ops use, rather
-//! than on rayon's global pool, where candle's workers would spin beside them after each
-//! candle op. Measured (vit-tiny, batch 16, shared 2-core machine, two runs each): training
-//! step 2.90–2.94 s here against 3.06–3.20 s on rayon's pool; no clear change forward.
+//! The kernels run over blocks of rows on candle's CPU worker pool ([`crate::pool`]).
 //!
 //! Every public function here dispatches: the fused kernel for f32 tensors on the CPU, the
 //! composite candle ops (the reference path, and the one CUDA runs) otherwise. Results agree
@@ -25,17 +21,24 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
 };
 
+use crate::pool::{kernels_supported, par_blocks, par_spans};
+
 /// Rows per parallel task: rows are short (≈ 200 values), so per-row tasks would cost more
 /// in scheduling than in arithmetic.
 const MIN_ROWS_PER_TASK: usize = 16;
 
-/// Whether `x` takes the fused path: f32 on the CPU.
-fn fused(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
+/// Whether `x` takes the fused path: f32 on the CPU, on a CPU that runs the kernels
+/// ([`kernels_supported`]: AVX2 and FMA on x86-64).
+pub(crate) fn fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32 && kernels_supported()
 }
 
 /// The f32 values of a contiguous operand and its row width (last dimension).
-fn rows_of<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> Result<(&'a [f32], usize)> {
+pub(crate) fn rows_of<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &'static str,
+) -> Result<(&'a [f32], usize)> {
     let data = s.as_slice::<f32>()?;
     let (start, end) = l
         .contiguous_offsets()
@@ -44,85 +47,9 @@ fn rows_of<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> Result<(&'a [
 }
 
 /// A new `len`-value buffer whose rows of `width` values (the last one possibly shorter) are
-/// filled by `f(row index, row)`, in parallel on candle's own CPU worker pool (the one its
-/// elementwise ops use), so that its workers do this work rather than spin beside it.
+/// filled by `f(row index, row)`, in parallel ([`par_blocks`]; `f` writes every value).
 fn par_rows(len: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
     par_blocks(len, width, MIN_ROWS_PER_TASK, f)
-}
-
-/// [`par_rows`] handing out `per_task` rows at a time (1 where each row is a large piece of
-/// work, such as a whole attention head).
-fn par_blocks(
-    len: usize,
-    width: usize,
-    per_task: usize,
-    f: impl Fn(usize, &mut [f32]) + Sync + Send,
-) -> Vec<f32> {
-    if width == 0 || len == 0 {
-        return vec![0f32; len];
-    }
-    let block = per_task * width;
-    par_spans(
-        len,
-        len.div_ceil(block),
-        |t| t * block..len.min((t + 1) * block),
-        |t, rows| {
-            for (j, row) in rows.chunks_mut(width).enumerate() {
-                f(t * per_task + j, row);
-            }
-        },
-    )
-}
-
-/// A new `len`-value buffer cut into the spans of `tasks` tasks (`span(t)`, ascending,
-/// disjoint and together covering the buffer, checked), each filled by `f(t, span)` in parallel
-/// on candle's own CPU worker pool (the one its elementwise ops use), so that its workers do
-/// this work rather than spin beside it.
-///
-/// `f` must write every value of its span: the buffer is not cleared first (a serial memset of
-/// every output was 4 % of a training step, the other thread idle meanwhile). Debug builds fill
-/// each span with NaN before `f`, so a value left unwritten shows in any test.
-fn par_spans(
-    len: usize,
-    tasks: usize,
-    span: impl Fn(usize) -> std::ops::Range<usize> + Sync,
-    f: impl Fn(usize, &mut [f32]) + Sync + Send,
-) -> Vec<f32> {
-    let mut end = 0;
-    for t in 0..tasks {
-        let r = span(t);
-        assert!(
-            r.start == end && r.start <= r.end && r.end <= len,
-            "task spans overlap, leave gaps or leave the buffer"
-        );
-        end = r.end;
-    }
-    assert!(end == len, "task spans do not cover the buffer");
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    /// The output's address, shared by the workers, which write disjoint spans.
-    struct Spans(*mut f32);
-    // SAFETY: the workers write disjoint parts of the buffer (below).
-    unsafe impl Sync for Spans {}
-    let out_ptr = Spans(out.as_mut_ptr());
-    let out_ref = &out_ptr;
-    candle_core::utils::barrier_pool().execute_chunked(tasks, |chunk| {
-        for t in chunk {
-            let r = span(t);
-            // SAFETY: the spans lie in the buffer's capacity and do not overlap (checked
-            // above); the buffer outlives `execute_chunked` (it returns once every call has),
-            // and each task index is handed to exactly one call, so nothing else accesses the
-            // span. f32 has no invalid bit patterns, and `f` writes the span before anything
-            // reads it (its contract).
-            let part = unsafe { std::slice::from_raw_parts_mut(out_ref.0.add(r.start), r.len()) };
-            if cfg!(debug_assertions) {
-                part.fill(f32::NAN);
-            }
-            f(t, part);
-        }
-    });
-    // SAFETY: the spans cover `0..len` (checked above) and every task has written its span.
-    unsafe { out.set_len(len) };
-    out
 }
 
 /// `e^x` in f32, branch-free so that a loop of it vectorises (glibc's `expf` is a call per
@@ -217,7 +144,7 @@ fn softmax_in_place(y: &mut [f32]) {
 
 /// `Σ a·b` of two rows, in lanes.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca

@@ -12,6 +12,8 @@ use crate::error::{expect_shape, Result, TrainError};
 use crate::grads::Gradients;
 use crate::model::Param;
 
+mod fused;
+
 /// AdamW's constants (the learning rate comes from the schedule at every step).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdamWConfig {
@@ -122,6 +124,10 @@ impl AdamW {
     /// alone, moments and step count included:
     /// p ← p·(1 − lr·wd); m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²;
     /// p ← p − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + eps).
+    ///
+    /// f32 parameters on the CPU are updated in place, moments included (a clone of this
+    /// optimiser, like a clone of the student's variables, shares them); elsewhere the moments
+    /// are new tensors and the parameter is set from the composite ops' result.
     pub fn step(&mut self, grads: &Gradients, lr: f64) -> Result<()> {
         let c = &self.config;
         for param in &self.params {
@@ -138,8 +144,6 @@ impl AdamW {
                 },
             };
             let step = moments.step + 1;
-            let m = ((&moments.m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
-            let v = ((&moments.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let bias1 = 1.0 - c.beta1.powi(step as i32);
             let bias2 = 1.0 - c.beta2.powi(step as i32);
             let wd = if Self::decays(&param.name, p.dims()) {
@@ -147,10 +151,26 @@ impl AdamW {
             } else {
                 0.0
             };
-            let denom = ((v.sqrt()? / bias2.sqrt())? + c.eps)?;
-            let update = ((&m / denom)? * (lr / bias1))?;
-            let decayed = (&p * (1.0 - lr * wd))?;
-            param.var.set(&(decayed - update)?)?;
+            let (m, v) = if fused::applies(&[&p, g, &moments.m, &moments.v]) {
+                let update = fused::Update {
+                    beta1: c.beta1 as f32,
+                    beta2: c.beta2 as f32,
+                    decay: (1.0 - lr * wd) as f32,
+                    step_size: (lr / bias1) as f32,
+                    sqrt_bias2: bias2.sqrt() as f32,
+                    eps: c.eps as f32,
+                };
+                fused::update(&p, g, &moments.m, &moments.v, update)?;
+                (moments.m, moments.v)
+            } else {
+                let m = ((&moments.m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
+                let v = ((&moments.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+                let denom = ((v.sqrt()? / bias2.sqrt())? + c.eps)?;
+                let update = ((&m / denom)? * (lr / bias1))?;
+                let decayed = (&p * (1.0 - lr * wd))?;
+                param.var.set(&(decayed - update)?)?;
+                (m, v)
+            };
             self.state
                 .insert(param.name.clone(), Moments { m, v, step });
         }
