@@ -6,7 +6,8 @@ use candle_core::{Device, Tensor};
 use common::{randn, rng, teacher_maps};
 use tinymim_train::model::class_and_mean;
 use tinymim_train::{
-    AdamW, AdamWConfig, Distiller, LrSchedule, MicroBatch, Student, TrainError, TrainRng, VitConfig,
+    AdamW, AdamWConfig, Distiller, LrSchedule, MicroBatch, StepReport, Student, TrainError,
+    TrainRng, VitConfig,
 };
 
 fn small() -> VitConfig {
@@ -186,7 +187,11 @@ fn features_are_deterministic_class_and_mean_tokens() {
 }
 
 fn distiller() -> Distiller {
-    let student = Student::new(&small(), 4, 3, &Device::Cpu).unwrap();
+    distiller_of(&small())
+}
+
+fn distiller_of(config: &VitConfig) -> Distiller {
+    let student = Student::new(config, 4, 3, &Device::Cpu).unwrap();
     let optimizer = AdamW::new(student.params(), AdamWConfig::default());
     Distiller {
         student,
@@ -195,6 +200,78 @@ fn distiller() -> Distiller {
         rng: TrainRng::from_seed(0),
         step: 0,
         clip_grad: None,
+    }
+}
+
+/// `d` made to update like plain SGD. eps = 1 makes AdamW's first step close to SGD, so the
+/// updates show the gradients themselves (Adam's sign-like first step would hide a wrong scale,
+/// and turn a gradient within rounding of zero into a whole step either way). A learning rate
+/// of 1 makes them ~1e-2: the updates are read back as differences of f32 weights of up to
+/// 0.35, whose resolution (3e-8) must stay far below the tolerance times the update.
+fn sgd_like(mut d: Distiller) -> Distiller {
+    d.schedule = LrSchedule::scaled(1.0, 256, 0.0, 10.0, 1);
+    d.optimizer = AdamW::new(
+        d.student.params(),
+        AdamWConfig {
+            eps: 1.0,
+            weight_decay: 0.0,
+            ..AdamWConfig::default()
+        },
+    );
+    d
+}
+
+/// The weights of `d`'s student, copied.
+fn weights(d: &Distiller) -> Vec<Tensor> {
+    d.student
+        .params()
+        .iter()
+        .map(|p| p.var.as_tensor().copy().unwrap())
+        .collect()
+}
+
+/// Asserts that two steps from the same `initial` weights reported the same loss, gradient
+/// norm and learning rate and made the same update to every weight (relative to the update's
+/// largest value), and that weights outside the distillation graph did not move.
+fn assert_same_step(
+    (a, first): (&StepReport, &Distiller),
+    (b, second): (&StepReport, &Distiller),
+    initial: &[Tensor],
+    tolerance: f64,
+) {
+    assert!(
+        (a.loss - b.loss).abs() / a.loss < tolerance,
+        "loss {} vs {}",
+        a.loss,
+        b.loss
+    );
+    assert!(
+        (a.grad_norm - b.grad_norm).abs() / a.grad_norm < tolerance,
+        "gradient norm {} vs {}",
+        a.grad_norm,
+        b.grad_norm
+    );
+    assert_eq!(a.lr, b.lr);
+    let params = first
+        .student
+        .params()
+        .iter()
+        .zip(second.student.params())
+        .zip(initial);
+    for ((p, q), w0) in params {
+        let da = (p.var.as_tensor() - w0).unwrap();
+        let db = (q.var.as_tensor() - w0).unwrap();
+        if !first.student.receives_distillation_gradient(&p.name) {
+            assert_eq!(
+                values(&da),
+                values(&da.zeros_like().unwrap()),
+                "{} moved",
+                p.name
+            );
+            continue;
+        }
+        let err = common::max_rel_err(&db, &da);
+        assert!(err < tolerance, "{}: update relative error {err:e}", p.name);
     }
 }
 
@@ -209,28 +286,7 @@ fn accumulating_two_halves_equals_one_batch() {
         .map(|i| [half(&pixels, i), half(&qk, i), half(&vv, i)])
         .collect();
 
-    // eps = 1 makes AdamW's first step close to plain SGD, so the updates show the gradients
-    // themselves (Adam's sign-like first step would hide a wrong scale). A learning rate of 1
-    // makes them ~1e-2: the updates are read back as differences of f32 weights of up to 0.35,
-    // whose resolution (3e-8) must stay far below the tolerance times the update.
-    let sgd_like = |mut d: Distiller| {
-        d.schedule = LrSchedule::scaled(1.0, 256, 0.0, 10.0, 1);
-        d.optimizer = AdamW::new(
-            d.student.params(),
-            AdamWConfig {
-                eps: 1.0,
-                weight_decay: 0.0,
-                ..AdamWConfig::default()
-            },
-        );
-        d
-    };
-    let initial: Vec<Tensor> = distiller()
-        .student
-        .params()
-        .iter()
-        .map(|p| p.var.as_tensor().copy().unwrap())
-        .collect();
+    let initial = weights(&distiller());
     let mut whole = sgd_like(distiller());
     let a = whole
         .step(&[MicroBatch {
@@ -249,41 +305,33 @@ fn accumulating_two_halves_equals_one_batch() {
         })
         .collect();
     let b = split.step(&micro).unwrap();
+    assert_same_step((&a, &whole), (&b, &split), &initial, 1e-5);
+}
 
-    assert!(
-        (a.loss - b.loss).abs() / a.loss < 1e-6,
-        "{} vs {}",
-        a.loss,
-        b.loss
-    );
-    assert!(
-        (a.grad_norm - b.grad_norm).abs() / a.grad_norm < 1e-5,
-        "{} vs {}",
-        a.grad_norm,
-        b.grad_norm
-    );
-    assert_eq!(a.lr, b.lr);
-    let params = whole
-        .student
-        .params()
-        .iter()
-        .zip(split.student.params())
-        .zip(&initial);
-    for ((p, q), w0) in params {
-        let da = (p.var.as_tensor() - w0).unwrap();
-        let db = (q.var.as_tensor() - w0).unwrap();
-        if !whole.student.receives_distillation_gradient(&p.name) {
-            assert_eq!(
-                values(&da),
-                values(&da.zeros_like().unwrap()),
-                "{} moved",
-                p.name
-            );
-            continue;
-        }
-        let err = common::max_rel_err(&db, &da);
-        assert!(err < 1e-5, "{}: update relative error {err:e}", p.name);
-    }
+/// The fast path is the default path: a whole step (forward, relation loss, backward,
+/// gradient norm, AdamW) through the fused CPU kernels equals the same step through candle's
+/// composite ops within float32 rounding, drop path included.
+#[test]
+fn a_step_through_the_fused_kernels_equals_the_composite_step() {
+    let config = VitConfig {
+        drop_path: 0.2,
+        ..small()
+    };
+    let mut r = rng(9);
+    let pixels = randn(&[3, 3, 12, 12], &mut r);
+    let qk = teacher_maps(&[3, 4, 10, 10], &mut r);
+    let vv = teacher_maps(&[3, 4, 10, 10], &mut r);
+    let batch = [MicroBatch {
+        pixels: &pixels,
+        target_qk: &qk,
+        target_vv: &vv,
+    }];
+    let initial = weights(&distiller_of(&config));
+    let mut fused = sgd_like(distiller_of(&config));
+    let a = fused.step(&batch).unwrap();
+    let mut composite = sgd_like(distiller_of(&config));
+    let b = tinymim_train::model::fused::composite_only(|| composite.step(&batch)).unwrap();
+    assert_same_step((&a, &fused), (&b, &composite), &initial, 1e-4);
 }
 
 #[test]

@@ -21,16 +21,38 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
 };
 
+use std::cell::Cell;
+
 use crate::pool::{kernels_supported, par_blocks, par_spans};
 
 /// Rows per parallel task: rows are short (≈ 200 values), so per-row tasks would cost more
 /// in scheduling than in arithmetic.
 const MIN_ROWS_PER_TASK: usize = 16;
 
+thread_local! {
+    /// Whether ops built on this thread may take the fused kernels ([`composite_only`]).
+    static KERNELS_ON: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Runs `f` with the fused kernels off on this thread: every op `f` builds, its backward and
+/// AdamW's update take candle's composite path, the reference the kernels are tested against
+/// (a whole training step among them, `train/tests/model.rs`).
+pub fn composite_only<R>(f: impl FnOnce() -> R) -> R {
+    /// Restores the switch when `f` returns or unwinds.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            KERNELS_ON.set(self.0);
+        }
+    }
+    let _restore = Restore(KERNELS_ON.replace(false));
+    f()
+}
+
 /// Whether `x` takes the fused path: f32 on the CPU, on a CPU that runs the kernels
-/// ([`kernels_supported`]: AVX2 and FMA on x86-64).
+/// ([`kernels_supported`]: AVX2 and FMA on x86-64), outside [`composite_only`].
 pub(crate) fn fused(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32 && kernels_supported()
+    x.device().is_cpu() && x.dtype() == DType::F32 && kernels_supported() && KERNELS_ON.get()
 }
 
 /// The f32 values of a contiguous operand and its row width (last dimension).
