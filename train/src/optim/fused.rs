@@ -68,6 +68,15 @@ fn values_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &'static str) -> Result
     }
 }
 
+/// Refuses operands whose lengths differ from the values updated in place.
+fn same_lengths(op: &str, values: &[f32], operands: &[&[f32]]) -> Result<()> {
+    if operands.iter().any(|o| o.len() != values.len()) {
+        let lengths: Vec<usize> = operands.iter().map(|o| o.len()).collect();
+        candle_core::bail!("{op}: {} values with operands of {lengths:?}", values.len());
+    }
+    Ok(())
+}
+
 /// `a ← β·a + (1−β)·g` (the first moment), or of `g²` where `squared` (the second).
 struct MovingAverage {
     beta: f32,
@@ -88,14 +97,7 @@ impl InplaceOp2 for MovingAverage {
     ) -> Result<()> {
         let (g, _) = rows_of(s2, l2, self.name())?;
         let a = values_mut(s1, l1, self.name())?;
-        if a.len() != g.len() {
-            candle_core::bail!(
-                "{}: {} moments for {} gradients",
-                self.name(),
-                a.len(),
-                g.len()
-            );
-        }
+        same_lengths(self.name(), a, &[g])?;
         let (beta, rest) = (self.beta, 1.0 - self.beta);
         par_chunks_in_place(a, CHUNK, |c, a| {
             let g = &g[c * CHUNK..c * CHUNK + a.len()];
@@ -132,15 +134,7 @@ impl InplaceOp3 for ParameterStep {
     ) -> Result<()> {
         let ((m, _), (v, _)) = (rows_of(s2, l2, self.name())?, rows_of(s3, l3, self.name())?);
         let p = values_mut(s1, l1, self.name())?;
-        if p.len() != m.len() || p.len() != v.len() {
-            candle_core::bail!(
-                "{}: {} values with moments of {} and {}",
-                self.name(),
-                p.len(),
-                m.len(),
-                v.len()
-            );
-        }
+        same_lengths(self.name(), p, &[m, v])?;
         let u = self.0;
         par_chunks_in_place(p, CHUNK, |c, p| {
             let span = c * CHUNK..c * CHUNK + p.len();
