@@ -10,11 +10,24 @@
 //! [`kernels_supported`] first; where it is false (an older CPU) the fused kernels are not
 //! used at all and candle's composite ops run instead.
 
+use std::cell::Cell;
+use std::mem::MaybeUninit;
 use std::ops::Range;
+
+thread_local! {
+    /// How many times this thread has run work on the pool ([`kernel_runs`]).
+    static KERNEL_RUNS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many fused kernels this thread has run on the pool so far: a test reads it before and
+/// after an op to show that the kernels, not candle's composite path, computed it.
+pub fn kernel_runs() -> u64 {
+    KERNEL_RUNS.get()
+}
 
 /// Whether this CPU runs the pool's kernels: AVX2 and FMA on x86-64, always elsewhere (the
 /// kernels are compiled for the target's baseline there).
-pub(crate) fn kernels_supported() -> bool {
+pub fn kernels_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -37,9 +50,10 @@ fn check_kernels_supported() {
 /// A new `len`-value buffer cut into the spans of `tasks` tasks (`span(t)`, ascending,
 /// disjoint and together covering the buffer, checked), each filled by `f(t, span)` in parallel.
 ///
-/// `f` must write every value of its span: the buffer is not cleared first (a serial memset of
-/// every output was 4 % of a training step, the other thread idle meanwhile). Debug builds fill
-/// each span with NaN before `f`, so a value left unwritten shows in any test.
+/// `f` is meant to write every value of its span. Each task initialises its span itself just
+/// before `f` sees it (zeros; NaN in debug builds, so that a value `f` leaves unwritten shows
+/// in any test): in parallel, on memory `f` is about to write, rather than a serial clear of the
+/// whole buffer first (that was 4 % of a training step, the other thread idle meanwhile).
 pub(crate) fn par_spans(
     len: usize,
     tasks: usize,
@@ -52,7 +66,7 @@ pub(crate) fn par_spans(
 /// A new `len`-value buffer whose rows of `width` values (the last one possibly shorter) are
 /// filled by `f(row index, row)` in parallel, `per_task` rows to a task (1 where each row is a
 /// large piece of work, such as a whole attention head). `f` writes every value, as for
-/// [`par_spans`].
+/// [`par_spans`] (which initialises the rows first).
 pub(crate) fn par_blocks(
     len: usize,
     width: usize,
@@ -106,11 +120,12 @@ fn fresh_buffer(
 ) -> Vec<f32> {
     check_kernels_supported();
     let mut out: Vec<f32> = Vec::with_capacity(len);
-    // SAFETY: the buffer's capacity is `len` values, and nothing else accesses it meanwhile;
-    // the CPU has the kernels' target features (checked).
+    let spare = &mut out.spare_capacity_mut()[..len];
+    // SAFETY: `spare` is `len` values borrowed mutably for the whole call, uninitialised as
+    // `Fresh::Uninitialised` allows; the CPU has the kernels' target features (checked).
     unsafe {
         run_spans(
-            out.as_mut_ptr(),
+            spare.as_mut_ptr().cast::<f32>(),
             len,
             tasks,
             span,
@@ -119,8 +134,8 @@ fn fresh_buffer(
             f,
         )
     };
-    // SAFETY: the spans cover `0..len` (checked by `run_spans`) and every task has written its
-    // span (`f`'s contract).
+    // SAFETY: `run_spans` returned, so its spans covered `0..len` (it checks that before running
+    // any task) and each task initialised its own span before handing it to `f`.
     unsafe { out.set_len(len) };
     out
 }
@@ -144,7 +159,7 @@ impl Pieces {
 /// Whether the buffer [`run_spans`] hands out holds values yet.
 #[derive(Clone, Copy, PartialEq)]
 enum Fresh {
-    /// Not yet: each span is `f`'s to write (NaN-filled first in debug builds).
+    /// Not yet: each task initialises its span (zeros, NaN in debug builds), then `f` writes it.
     Uninitialised,
     /// Yes: each span is `f`'s to update.
     Initialised,
@@ -154,6 +169,9 @@ enum Fresh {
 /// on the pool, after checking that the spans are ascending, disjoint and cover `0..len`.
 /// The pieces are cut here rather than by a closure wrapped around `f`, so that `f` has this
 /// one call site and is inlined into code built with this function's target features.
+///
+/// Where `fresh` is [`Fresh::Uninitialised`], each task initialises its span before `f` sees it,
+/// so that on return every value of `0..len` is initialised.
 ///
 /// # Safety
 /// `out` must be valid for reads and writes of `len` values, with nothing else accessing them
@@ -179,6 +197,7 @@ unsafe fn run_spans(
         end = r.end;
     }
     assert!(end == len, "task spans do not cover the buffer");
+    KERNEL_RUNS.set(KERNEL_RUNS.get() + 1);
     /// The buffer's address, shared by the workers, which access disjoint spans.
     struct Spans(*mut f32);
     // SAFETY: the workers access disjoint parts of the buffer (below).
@@ -191,13 +210,16 @@ unsafe fn run_spans(
             let r = span(t);
             // SAFETY: the spans lie in the buffer and do not overlap (checked above); the
             // buffer outlives `execute_chunked` (it returns once every call has), and each task
-            // index is handed to exactly one call, so nothing else accesses the span. f32 has
-            // no invalid bit patterns, and an uninitialised span is written by `f` before
-            // anything reads it (`par_spans`' contract).
-            let part = unsafe { std::slice::from_raw_parts_mut(out.0.add(r.start), r.len()) };
-            if cfg!(debug_assertions) && fresh == Fresh::Uninitialised {
-                part.fill(f32::NAN);
+            // index is handed to exactly one call, so nothing else accesses the span.
+            let part = unsafe {
+                std::slice::from_raw_parts_mut(out.0.add(r.start).cast::<MaybeUninit<f32>>(), r.len())
+            };
+            if fresh == Fresh::Uninitialised {
+                part.fill(MaybeUninit::new(if cfg!(debug_assertions) { f32::NAN } else { 0.0 }));
             }
+            // SAFETY: every value of the span is initialised: by the fill just above, or by the
+            // caller (`Fresh::Initialised`, this function's contract).
+            let part = unsafe { &mut *(part as *mut [MaybeUninit<f32>] as *mut [f32]) };
             for (j, piece) in part.chunks_mut(pieces.width).enumerate() {
                 f(t * pieces.per_task + j, piece);
             }
