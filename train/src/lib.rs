@@ -28,6 +28,8 @@ pub mod probe;
 pub mod rng;
 pub mod run;
 pub mod schedule;
+#[doc(hidden)]
+pub mod testing;
 
 pub use checkpoint::Checkpoint;
 pub use config::VitConfig;

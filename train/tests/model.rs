@@ -4,7 +4,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::{randn, rng, teacher_maps};
-use tinymim_train::model::class_and_mean;
+use tinymim_train::model::{class_and_mean, fused as kernels};
 use tinymim_train::{
     AdamW, AdamWConfig, Distiller, LrSchedule, MicroBatch, StepReport, Student, TrainError,
     TrainRng, VitConfig,
@@ -327,10 +327,23 @@ fn a_step_through_the_fused_kernels_equals_the_composite_step() {
         target_vv: &vv,
     }];
     let initial = weights(&distiller_of(&config));
+    assert!(
+        kernels::kernels_supported(),
+        "this CPU lacks AVX2/FMA: the fused kernels cannot run here, so this cannot be checked"
+    );
+    let runs = kernels::kernel_runs();
     let mut fused = sgd_like(distiller_of(&config));
     let a = fused.step(&batch).unwrap();
+    // Forward, backward and AdamW each launch kernels: dozens in all, not a stray one.
+    let fused_runs = kernels::kernel_runs() - runs;
+    assert!(fused_runs > 20, "the fused step ran {fused_runs} kernels");
     let mut composite = sgd_like(distiller_of(&config));
-    let b = tinymim_train::model::fused::composite_only(|| composite.step(&batch)).unwrap();
+    let b = kernels::composite_only(|| composite.step(&batch)).unwrap();
+    assert_eq!(
+        kernels::kernel_runs() - runs,
+        fused_runs,
+        "the composite step ran no fused kernel"
+    );
     assert_same_step((&a, &fused), (&b, &composite), &initial, 1e-4);
 }
 
