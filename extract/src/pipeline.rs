@@ -25,8 +25,8 @@ use serde::Serialize;
 use tinymim_formats::images::{walk, ImageFile, WalkError};
 use tinymim_formats::view::sample_views;
 use tinymim_formats::{
-    content_key, Encoding, Hash32, ImageEntry, RelationStore, RowMeta, SourceImage, StoreError,
-    StoreHeader, ViewRecipe,
+    content_key, Encoding, Hash32, ImageEntry, RelationStore, RowMeta, SourceImage, SourceRoot,
+    StoreError, StoreHeader, ViewRecipe,
 };
 
 use crate::encode::{encode_batch, EncodeError};
@@ -82,7 +82,8 @@ pub struct Summary {
     pub shard: String,
     /// The source root (absolute) that image paths are relative to; `train` uses it when it is
     /// given no `--images`.
-    pub source_root: String,
+    #[serde(flatten)]
+    pub source: SourceRoot,
     /// Image files found under the source root.
     pub images_found: u64,
     /// Images of this shard whose views were extracted or already present.
@@ -225,10 +226,10 @@ pub fn extract(teacher: &mut Teacher, options: &ExtractOptions) -> Result<Summar
         provider: teacher.provider().name().to_string(),
         encoding: options.encoding,
         shard: options.shard.to_string(),
-        source_root: std::path::absolute(&options.images)
-            .unwrap_or_else(|_| options.images.clone())
-            .display()
-            .to_string(),
+        source: SourceRoot {
+            source_root: std::path::absolute(&options.images)
+                .unwrap_or_else(|_| options.images.clone()),
+        },
         images_found: 0,
         images_used: 0,
         images_other_shard: 0,

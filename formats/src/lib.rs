@@ -42,8 +42,8 @@ pub use launch::{ExtractionPart, Launch, LaunchError, Launcher};
 pub use relation::{decode_maps, relation_maps, split_heads_qkv};
 pub use render::{render_view, Normalization, RenderError, SourceImage};
 pub use store::{
-    ImageEntry, QkvParams, RelationStore, RowMeta, SegmentInfo, SegmentWriter, StoreError,
-    StoreHeader, StoreReader, VerifyProblem, VerifyReport,
+    ImageEntry, QkvParams, RelationStore, RowMeta, SegmentInfo, SegmentWriter, SourceRoot,
+    StoreError, StoreHeader, StoreReader, VerifyProblem, VerifyReport,
 };
 pub use teacher::TeacherGeometry;
 pub use view::{sample_view, sample_views, View, ViewRecipe};

@@ -90,6 +90,7 @@ fn main() {
         student: student.clone(),
         epochs: 1000,
         batch,
+        fit_batch: false,
         accum: 1,
         base_lr: 1.5e-4,
         warmup_epochs: 1.0,

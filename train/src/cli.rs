@@ -429,6 +429,7 @@ impl TrainArgs {
             student,
             epochs,
             batch: self.batch.or(recipe.batch).unwrap_or(64),
+            fit_batch: self.batch.is_none(),
             accum: self.accum.or(recipe.accum).unwrap_or(1),
             base_lr: self.base_lr.or(recipe.base_lr).unwrap_or(1.5e-4),
             warmup_epochs,

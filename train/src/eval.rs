@@ -95,6 +95,7 @@ pub fn evaluate(config: &EvalConfig) -> Result<EvalReport> {
         student: student.config().clone(),
         epochs: 1,
         batch: 1,
+        fit_batch: false,
         accum: 1,
         base_lr: 0.0,
         warmup_epochs: 0.0,

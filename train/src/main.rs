@@ -45,6 +45,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             let prepared = tinymim_train::run::Prepared::new(&config)?;
+            if let (Some(note), true) = (prepared.batch_note(), world.is_lead()) {
+                eprintln!("{note}");
+            }
             let summary = tinymim_train::run::train_in(&config, &prepared, &world)?;
             if world.is_lead() {
                 println!("{summary}");

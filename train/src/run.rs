@@ -37,9 +37,6 @@ use crate::schedule::LrSchedule;
 /// File name of the resumable checkpoint in the run folder.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 
-/// Key of the source root in a store segment's commit summary (written by `extract`).
-pub const SOURCE_ROOT_KEY: &str = "source_root";
-
 /// Why a run could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -106,6 +103,10 @@ pub struct RunConfig {
     pub epochs: u64,
     /// Views per micro-batch (one forward pass).
     pub batch: usize,
+    /// Whether `batch` came from a recipe or the default rather than `--batch`: then a training
+    /// set smaller than one step trains with the batch lowered to what it holds
+    /// ([`Prepared::lowered_batch`]) instead of being refused.
+    pub fit_batch: bool,
     /// Micro-batches per optimiser step (effective batch = batch · accum).
     pub accum: usize,
     /// Base learning rate; peak lr = base · batch · accum / 256.
@@ -232,8 +233,12 @@ pub struct Prepared {
     pub relation_heads: usize,
     /// How student pixels are rendered.
     pub student_pixels: RenderSpec,
-    /// Batching.
+    /// Batching: the micro-batch the run takes (`plan.batch`; every step uses it, not the
+    /// configured one).
     pub plan: BatchPlan,
+    /// The configured batch where it was lowered to fit a small training set
+    /// ([`RunConfig::fit_batch`]).
+    pub lowered_batch: Option<usize>,
 }
 
 impl Prepared {
@@ -314,13 +319,18 @@ impl Prepared {
             TargetSource::Online(_) => geometry.heads as usize,
         };
         check_student(&config.student, &geometry, relation_heads)?;
-        let plan = BatchPlan {
+        let mut plan = BatchPlan {
             rows: rows.len(),
             batch: config.batch,
             accum: config.accum,
             seed: config.seed,
             group_views: config.group_views,
         };
+        let mut lowered_batch = None;
+        if plan.steps_per_epoch() == 0 && config.fit_batch && rows.len() >= config.accum {
+            lowered_batch = Some(config.batch);
+            plan.batch = rows.len() / config.accum;
+        }
         if plan.steps_per_epoch() == 0 {
             return Err(RunError::Setup(format!(
                 "the training set has {} views, fewer than one step's {} (--batch {} × --accum \
@@ -344,6 +354,21 @@ impl Prepared {
             geometry,
             relation_heads,
             plan,
+            lowered_batch,
+        })
+    }
+
+    /// The line that says the batch was lowered to fit the training set, where it was.
+    pub fn batch_note(&self) -> Option<String> {
+        self.lowered_batch.map(|from| {
+            format!(
+                "train: the training set has {} views, fewer than one step's {} (batch {from} × \
+                 accum {}, from the recipe or the default): training with batch {}",
+                self.plan.rows,
+                from * self.plan.accum,
+                self.plan.accum,
+                self.plan.batch
+            )
         })
     }
 
@@ -398,15 +423,10 @@ impl MicroTensors {
 }
 
 /// The source root the newest segment that recorded one names (`extract`'s commit summary,
-/// key [`SOURCE_ROOT_KEY`]).
+/// [`SegmentInfo::source_root`](tinymim_formats::store::SegmentInfo::source_root)).
 fn recorded_source_root(store: &RelationStore) -> Result<Option<PathBuf>> {
     let segments = store.segments().map_err(DataError::from)?;
-    Ok(segments.iter().rev().find_map(|s| {
-        s.summary
-            .get(SOURCE_ROOT_KEY)
-            .and_then(|v| v.as_str())
-            .map(PathBuf::from)
-    }))
+    Ok(segments.iter().rev().find_map(|s| s.source_root()))
 }
 
 /// Refuses a student the teacher's targets cannot train: width not divisible by the relation
@@ -452,10 +472,10 @@ struct LoopState {
 }
 
 impl LoopState {
-    fn of(config: &RunConfig, rows: &RowSet) -> LoopState {
+    fn of(config: &RunConfig, prepared: &Prepared) -> LoopState {
         LoopState {
-            rows_digest: rows.digest().to_hex(),
-            batch: config.batch,
+            rows_digest: prepared.rows.digest().to_hex(),
+            batch: prepared.plan.batch,
             accum: config.accum,
             seed: config.seed,
             jitter: config.jitter,
@@ -524,7 +544,7 @@ fn fresh_distiller(config: &RunConfig, prepared: &Prepared) -> Result<Distiller>
     );
     let schedule = LrSchedule::scaled(
         config.base_lr,
-        config.batch * config.accum,
+        prepared.plan.batch * config.accum,
         config.warmup_epochs,
         config.epochs as f64,
         prepared.plan.steps_per_epoch(),
@@ -595,17 +615,17 @@ pub fn train_in(config: &RunConfig, prepared: &Prepared, world: &World) -> Resul
         let path = path.to_path_buf();
         move |source| RunError::Io { path, source }
     };
-    if config.batch < world.size() {
+    let batch = prepared.plan.batch;
+    if batch < world.size() {
         return Err(RunError::Setup(format!(
-            "--batch {} is smaller than the world of {} processes: each process needs at \
+            "--batch {batch} is smaller than the world of {} processes: each process needs at \
              least one view of every micro-batch",
-            config.batch,
             world.size()
         )));
     }
     let lead = world.is_lead();
     std::fs::create_dir_all(&config.out).map_err(io(&config.out))?;
-    let state = LoopState::of(config, &prepared.rows);
+    let state = LoopState::of(config, prepared);
     let state_json = serde_json::to_value(&state).expect("loop state serialises");
     let mut distiller = starting_point(config, prepared, &state)?;
     distiller.student.set_precision(config.precision);
@@ -628,7 +648,7 @@ pub fn train_in(config: &RunConfig, prepared: &Prepared, world: &World) -> Resul
     };
     let progress = Progress::new(end, start, config.progress && lead);
     let checkpoint_path = config.out.join(CHECKPOINT_FILE);
-    let views_per_step = (config.batch * config.accum) as f64;
+    let views_per_step = (batch * config.accum) as f64;
 
     let began = Instant::now();
     let (mut total_wait, mut last_loss) = (0.0, None);
@@ -648,7 +668,7 @@ pub fn train_in(config: &RunConfig, prepared: &Prepared, world: &World) -> Resul
             micro.push(prepared.tensors(&batch, &config.device)?);
         }
         let batches: Vec<MicroBatch> = micro.iter().map(MicroTensors::micro_batch).collect();
-        let report = distiller.step_in(&batches, world, config.batch)?;
+        let report = distiller.step_in(&batches, world, batch)?;
         if !report.loss.is_finite() {
             return Err(RunError::Setup(format!(
                 "the loss became {} at step {}; lower --base-lr or set --clip",

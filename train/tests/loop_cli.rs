@@ -568,3 +568,55 @@ fn grouped_views_train_and_a_resume_must_keep_the_grouping() {
     let err = stderr(&result);
     assert!(err.contains("--group-views"), "{err}");
 }
+
+#[test]
+fn a_store_smaller_than_the_default_batch_trains_with_the_batch_lowered_and_says_so() {
+    // 3 images × 2 views = 6 views, fewer than the default batch of 64 (no --batch, no recipe):
+    // the run takes batch 6, one step per epoch. An explicit --batch 8 is still refused.
+    let world = World::new(3, 2);
+    let images = world.images.to_str().unwrap();
+    let run = |source: &[&str], extra: &[&str], out: &str| {
+        let out = world.dir.path().join(out);
+        let mut args = source.to_vec();
+        args.extend_from_slice(STUDENT);
+        args.extend_from_slice(&["--epochs", "2", "--warmup-epochs", "0", "--quiet"]);
+        args.extend_from_slice(&["--out", out.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        (train(&args), out)
+    };
+    let cache = ["--cache", world.store.to_str().unwrap()];
+    let online = [
+        "--teacher",
+        world.teacher.to_str().unwrap(),
+        "--images",
+        images,
+        "--views",
+        "2",
+    ];
+    for (what, source) in [("cache", &cache[..]), ("online", &online[..])] {
+        let (result, out) = run(source, &[], what);
+        assert!(result.status.success(), "{what}: {}", stderr(&result));
+        let err = stderr(&result);
+        assert!(
+            err.contains("fewer than one step's 64") && err.contains("training with batch 6"),
+            "{what}: {err}"
+        );
+        let stdout = String::from_utf8_lossy(&result.stdout);
+        assert!(stdout.starts_with("trained 2 steps (2.00 epochs)"), "{what}: {stdout}");
+        let first: serde_json::Value = serde_json::from_str(
+            std::fs::read_to_string(out.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(first["loss"].as_f64().is_some_and(f64::is_finite), "{what}: {first}");
+
+        let (result, out) = run(source, &["--batch", "8"], &format!("{what}-explicit"));
+        assert!(!result.status.success(), "{what}: an explicit --batch 8 over 6 views");
+        let err = stderr(&result);
+        assert!(err.contains("lower --batch"), "{what}: {err}");
+        assert!(!out.join("metrics.jsonl").exists());
+    }
+}

@@ -84,7 +84,8 @@ pub use backend::{StoreLocation, OBJECT_FETCHES};
 pub use error::{Result, StoreError};
 pub use reader::StoreReader;
 pub use types::{
-    ImageEntry, QkvParams, RowMeta, SegmentInfo, StoreHeader, VerifyProblem, VerifyReport,
+    ImageEntry, QkvParams, RowMeta, SegmentInfo, SourceRoot, StoreHeader, VerifyProblem,
+    VerifyReport,
 };
 pub use writer::SegmentWriter;
 

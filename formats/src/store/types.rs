@@ -109,6 +109,25 @@ pub struct SegmentInfo {
     pub summary: serde_json::Value,
 }
 
+impl SegmentInfo {
+    /// The source root this segment's commit summary records ([`SourceRoot`]), if any.
+    pub fn source_root(&self) -> Option<std::path::PathBuf> {
+        SourceRoot::deserialize(&self.summary)
+            .ok()
+            .map(|s| s.source_root)
+    }
+}
+
+/// The folder a segment's image paths are relative to (absolute), as the writer records it in
+/// the segment's commit summary: `extract` flattens this into its summary, and `train` reads it
+/// back ([`SegmentInfo::source_root`]) when it is given no `--images`. The one place the key,
+/// `source_root`, is spelled.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceRoot {
+    /// The folder.
+    pub source_root: std::path::PathBuf,
+}
+
 /// A problem found by [`StoreReader::verify`](super::StoreReader::verify).
 #[derive(Clone, Debug, PartialEq)]
 pub enum VerifyProblem {
@@ -180,5 +199,29 @@ impl VerifyReport {
     /// True when no problem was found.
     pub fn is_ok(&self) -> bool {
         self.problems.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SegmentInfo, SourceRoot};
+
+    #[test]
+    fn the_source_root_is_read_back_from_a_summary_among_other_fields() {
+        let info = |summary| SegmentInfo {
+            id: "s".into(),
+            committed_rows: 0,
+            closed: true,
+            summary,
+        };
+        let written = SourceRoot {
+            source_root: "/data/imagenet/train".into(),
+        };
+        let mut summary = serde_json::to_value(&written).unwrap();
+        summary["views_written"] = 12.into();
+        assert_eq!(info(summary).source_root(), Some(written.source_root));
+        assert_eq!(info(serde_json::Value::Null).source_root(), None);
+        let other = serde_json::json!({ "source_root": 3 });
+        assert_eq!(info(other).source_root(), None, "a non-path value is no root");
     }
 }

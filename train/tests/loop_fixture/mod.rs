@@ -9,14 +9,14 @@ use candle_core::{Device, Tensor};
 use half::f16;
 use tinymim_formats::view::sample_views;
 use tinymim_formats::{
-    content_key, Encoding, Hash32, ImageEntry, RelationStore, RowMeta, SourceImage, StoreHeader,
-    Targets, ViewRecipe,
+    content_key, Encoding, Hash32, ImageEntry, RelationStore, RowMeta, SourceImage, SourceRoot,
+    StoreHeader, Targets, ViewRecipe,
 };
 use tinymim_train::config::VitConfig;
 use tinymim_train::data::scan_images;
 use tinymim_train::export::export_student;
 use tinymim_train::online::{OnlineTeacher, TeacherOptions};
-use tinymim_train::run::{RunConfig, SourceConfig, SOURCE_ROOT_KEY};
+use tinymim_train::run::{RunConfig, SourceConfig};
 use tinymim_train::Student;
 
 /// The tiny teacher: D 32, 2 blocks, 2 heads, patch 8 at 32 px (N = 17).
@@ -172,7 +172,7 @@ pub fn write_store(
         }
     }
     writer
-        .commit(serde_json::json!({ SOURCE_ROOT_KEY: images.display().to_string() }))
+        .commit(serde_json::to_value(SourceRoot { source_root: images.to_path_buf() }).unwrap())
         .unwrap();
 }
 
@@ -224,6 +224,7 @@ impl World {
             student: student_config(),
             epochs: 2,
             batch: 2,
+            fit_batch: false,
             accum: 1,
             base_lr: 0.2,
             warmup_epochs: 0.0,
