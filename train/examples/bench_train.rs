@@ -5,8 +5,9 @@
 //! 3. **synthetic**: pixels and targets fixed in memory, no loader: the step alone, the
 //!    ceiling the other two are measured against.
 //!
-//! Each mode's speed is its median step time after a first, warm-up step (whose loader
-//! start and first allocations no later step pays), so the order of the modes does not matter.
+//! The timing is `train bench throughput`'s ([`tinymim_train::bench::throughput`]); this
+//! example adds what that command cannot: a store and an online teacher written on the spot
+//! from a random-weight teacher, and the cache/online speed-up against the FLOP-ratio bound.
 //!
 //! The teacher is a random-weight ViT (MAE layout, sin-cos position embedding) of the size
 //! asked for; the images are the asset cache's photos when present, synthetic ones otherwise.
@@ -24,14 +25,10 @@ mod loop_fixture;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::Device;
+use tinymim_train::bench::throughput;
 use tinymim_train::config::VitConfig;
-use tinymim_train::distill::{Distiller, MicroBatch};
-use tinymim_train::metrics::{read_metrics, METRICS_FILE};
 use tinymim_train::online::TeacherOptions;
-use tinymim_train::optim::{AdamW, AdamWConfig};
-use tinymim_train::run::{train, RunConfig, SourceConfig};
-use tinymim_train::{LrSchedule, Student, TrainRng};
+use tinymim_train::run::{RunConfig, SourceConfig};
 
 /// The asset cache's photos, if fetched.
 fn photos() -> Option<PathBuf> {
@@ -121,52 +118,15 @@ fn main() {
         out: dir.path().join("online-run"),
         ..cache.clone()
     };
-    let s = median_after_warm_up(&synthetic_step_seconds(
-        &student, heads, batch, steps, &device, precision,
-    ));
-    let mut measured = Vec::new();
-    for (name, config) in [("cache", &cache), ("online", &online)] {
-        let summary = train(config).unwrap();
-        let metrics = read_metrics(&config.out.join(METRICS_FILE)).unwrap();
-        let seconds: Vec<f64> = metrics
-            .iter()
-            .map(|m| batch as f64 / m.views_per_s)
-            .collect();
-        let wait_share = summary.data_wait_s / summary.seconds.max(1e-9);
-        measured.push((name, median_after_warm_up(&seconds), wait_share));
-    }
-    measured.push(("synthetic", s, 0.0));
+    let reports = throughput::measure(&[("cache", cache), ("online", online)]).unwrap();
     if common::switch("--json") {
-        for &(name, seconds, wait_share) in &measured {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "check": "training_throughput",
-                    "mode": name,
-                    "device": tinymim_train::device::describe(&device),
-                    "precision": format!("{precision:?}").to_lowercase(),
-                    "student": "vit-tiny",
-                    "batch": batch,
-                    "steps": steps,
-                    "step_s": seconds,
-                    "views_per_s": batch as f64 / seconds,
-                    "data_wait_share": wait_share,
-                    "vs_synthetic": s / seconds,
-                })
-            );
+        for r in &reports {
+            println!("{}", serde_json::to_string(r).unwrap());
         }
         return;
     }
-    println!("mode       s/step   views/s   data-wait share   vs synthetic");
-    for &(name, seconds, wait) in &measured {
-        println!(
-            "{name:<10} {seconds:>6.2} {:>9.2} {:>15.1} % {:>13.2}×",
-            wait * 100.0,
-            batch as f64 / seconds,
-            s / seconds
-        );
-    }
-    let speed_up = measured[1].1 / measured[0].1;
+    println!("{}", throughput::table(&reports));
+    let speed_up = reports[1].step_s / reports[0].step_s;
     let student_step = 3.0 * distillation_forward_gflop(&student);
     let bound = (student_step + distillation_forward_gflop(&teacher_config)) / student_step;
     println!(
@@ -188,60 +148,4 @@ fn distillation_forward_gflop(c: &VitConfig) -> f64 {
     let full_block = 8.0 * n * d * d + 4.0 * n * d * c.mlp_dim as f64 + products;
     let last_block = 6.0 * n * d * d + products;
     (patch + (c.depth - 1) as f64 * full_block + last_block) / 1e9
-}
-
-/// The median of per-step seconds, leaving out the first (warm-up) step.
-fn median_after_warm_up(seconds: &[f64]) -> f64 {
-    let mut rest = seconds.get(1..).unwrap_or_default().to_vec();
-    assert!(!rest.is_empty(), "--steps must be at least 2");
-    rest.sort_by(f64::total_cmp);
-    let mid = rest.len() / 2;
-    if rest.len() % 2 == 1 {
-        rest[mid]
-    } else {
-        (rest[mid - 1] + rest[mid]) / 2.0
-    }
-}
-
-/// Seconds of each bare step on fixed in-memory pixels and targets.
-fn synthetic_step_seconds(
-    student: &VitConfig,
-    heads: usize,
-    batch: usize,
-    steps: u64,
-    device: &Device,
-    precision: tinymim_train::Precision,
-) -> Vec<f64> {
-    let mut model = Student::new(student, heads, 0, device).unwrap();
-    model.set_precision(precision);
-    let (pixels, qk, vv) = common::random_step_inputs(
-        batch,
-        student.image_size,
-        heads,
-        student.tokens(),
-        1,
-        device,
-    )
-    .unwrap();
-    let mut distiller = Distiller {
-        optimizer: AdamW::new(model.params(), AdamWConfig::default()),
-        student: model,
-        schedule: LrSchedule::scaled(1.5e-4, batch, 1.0, 1000.0, 1),
-        rng: TrainRng::from_seed(1),
-        step: 0,
-        clip_grad: None,
-    };
-    let micro = [MicroBatch {
-        pixels: &pixels,
-        target_qk: &qk,
-        target_vv: &vv,
-    }];
-    (0..steps)
-        .map(|_| {
-            let began = Instant::now();
-            distiller.step(&micro).unwrap();
-            device.synchronize().unwrap();
-            began.elapsed().as_secs_f64()
-        })
-        .collect()
 }

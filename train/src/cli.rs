@@ -47,6 +47,9 @@ pub enum Command {
     /// The relation loss (L_QK, L_VV, L) of an exported student on a relation store, typically
     /// of held-out images, beside its random-initialised twin's on the same views.
     Eval(EvalArgs),
+    /// Measure this machine: a step on a device against the CPU, the student's step speed,
+    /// training throughput, a launcher's start-up hand-off (scripts/gpu_check.sh runs them).
+    Bench(crate::bench_cli::BenchArgs),
 }
 
 /// Precision of the student's matrix products.
@@ -458,7 +461,7 @@ const WARMUP_SHARE: f64 = 0.05;
 /// The input size at which a student of patch `patch` has the token count of `store`
 /// (1 + (size/patch)², the class token first), or `None` when no square grid gives it (the
 /// run's token check then refuses the student, naming both counts).
-fn image_size_for(store: &Path, patch: usize) -> anyhow::Result<Option<usize>> {
+pub fn image_size_for(store: &Path, patch: usize) -> anyhow::Result<Option<usize>> {
     let opened = tinymim_formats::RelationStore::open(store)
         .with_context(|| format!("{}: cannot open the relation store", store.display()))?;
     let patches = (opened.header().geometry.tokens as usize).saturating_sub(1);

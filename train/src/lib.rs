@@ -5,6 +5,7 @@
 //! ([`export_student`]). The `train` binary drives these over the relation store.
 
 mod atomic;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

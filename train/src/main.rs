@@ -1,5 +1,6 @@
 //! `train`: phase two of tinymim. See `train --help`.
 
+mod bench_cli;
 mod cli;
 
 use anyhow::Context;
@@ -25,6 +26,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             write_json(args.json.as_deref(), &report)?;
             println!("{report}");
         }
+        Some(Command::Bench(args)) => crate::bench_cli::run(&args)?,
         Some(Command::Eval(args)) => {
             let report = tinymim_train::eval::evaluate(&args.config()?)?;
             write_json(args.json.as_deref(), &report)?;
