@@ -15,20 +15,15 @@
 //! `extract`'s own teacher loader and times batches of random normalised pixels (one warm-up
 //! batch first). Results go to stdout.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use candle_core::{Device, Tensor};
+use tinymim_extract::bench::write_random_checkpoint;
 use tinymim_extract::teacher::{Teacher, TeacherOptions};
-
-const DIM: usize = 768;
-const DEPTH: usize = 12;
-const MLP: usize = 3072;
-const PATCH: usize = 16;
-const IMAGE: usize = 224;
+use tinymim_formats::vit::{ArchFile, ArchOverrides, VitArch};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -52,7 +47,8 @@ fn main() -> anyhow::Result<()> {
 
     let extract = sibling_extract_binary()?;
     let dir = tempfile::tempdir()?;
-    let checkpoint = write_random_vit_b(dir.path())?;
+    let arch = VitArch::resolve(&ArchOverrides::default(), &ArchFile::preset("mae-vit-base")?)?;
+    let checkpoint = write_random_checkpoint(&arch, dir.path())?;
     println!(
         "checkpoint: random ViT-B/16 ({:.0} MB safetensors)",
         std::fs::metadata(&checkpoint)?.len() as f64 / 1e6
@@ -120,53 +116,4 @@ fn sibling_extract_binary() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(extract)
-}
-
-/// Writes `model.safetensors` (timm names, N(0, 0.02) weights, LayerNorm 1/0) and
-/// `config.json` for ViT-B/16 at 224 px into `dir`; returns the weights' path.
-fn write_random_vit_b(dir: &Path) -> anyhow::Result<PathBuf> {
-    let dev = Device::Cpu;
-    let tokens = 1 + (IMAGE / PATCH) * (IMAGE / PATCH);
-    let mut shapes: Vec<(String, Vec<usize>)> = vec![
-        ("cls_token".into(), vec![1, 1, DIM]),
-        ("pos_embed".into(), vec![1, tokens, DIM]),
-        ("patch_embed.proj.weight".into(), vec![DIM, 3, PATCH, PATCH]),
-        ("patch_embed.proj.bias".into(), vec![DIM]),
-        ("norm.weight".into(), vec![DIM]),
-        ("norm.bias".into(), vec![DIM]),
-    ];
-    for i in 0..DEPTH {
-        for (suffix, shape) in [
-            ("norm1.weight", vec![DIM]),
-            ("norm1.bias", vec![DIM]),
-            ("attn.qkv.weight", vec![3 * DIM, DIM]),
-            ("attn.qkv.bias", vec![3 * DIM]),
-            ("attn.proj.weight", vec![DIM, DIM]),
-            ("attn.proj.bias", vec![DIM]),
-            ("norm2.weight", vec![DIM]),
-            ("norm2.bias", vec![DIM]),
-            ("mlp.fc1.weight", vec![MLP, DIM]),
-            ("mlp.fc1.bias", vec![MLP]),
-            ("mlp.fc2.weight", vec![DIM, MLP]),
-            ("mlp.fc2.bias", vec![DIM]),
-        ] {
-            shapes.push((format!("blocks.{i}.{suffix}"), shape));
-        }
-    }
-    let mut tensors = HashMap::new();
-    for (name, shape) in shapes {
-        let t = if name.contains("norm") && name.ends_with(".weight") {
-            Tensor::ones(shape, candle_core::DType::F32, &dev)?
-        } else {
-            Tensor::randn(0f32, 0.02, shape, &dev)?
-        };
-        tensors.insert(name, t);
-    }
-    let path = dir.join("model.safetensors");
-    candle_core::safetensors::save(&tensors, &path)?;
-    let config = format!(
-        r#"{{"architecture": "vit-base", "dim": {DIM}, "depth": {DEPTH}, "heads": 12, "mlp_dim": {MLP}, "patch": {PATCH}, "image_size": {IMAGE}}}"#
-    );
-    std::fs::write(dir.join("config.json"), config)?;
-    Ok(path)
 }

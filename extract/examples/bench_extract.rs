@@ -3,7 +3,8 @@
 //! For the same views and batch size it measures
 //!
 //! - **teacher only**: [`Teacher::run`] (ONNX Runtime plus copying q/k/v out) on views rendered
-//!   beforehand, i.e. the ceiling the pipeline can reach;
+//!   beforehand, after one warm-up batch, i.e. the ceiling the pipeline can reach
+//!   (`tinymim_extract::bench`, which `extract bench` times the same way);
 //! - **extract**: the whole pipeline ([`extract`]: walk, hash, decode, render, teacher, encode,
 //!   write, commit) into a fresh store, once per encoding;
 //!
@@ -26,7 +27,7 @@
 //! Needs the asset cache (scripts/setup.sh).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ndarray::{Array4, Axis};
 
@@ -37,12 +38,11 @@ mod fidelity;
 use assets::{arg, cache, dinov2_teacher};
 use fidelity::Fidelity;
 
+use tinymim_extract::bench::{bare_views_per_s, render_all};
 use tinymim_extract::pipeline::{extract, ExtractOptions};
 use tinymim_extract::source::Shard;
 use tinymim_extract::teacher::{Teacher, TeacherOptions};
-use tinymim_formats::images::walk;
-use tinymim_formats::view::sample_views;
-use tinymim_formats::{relation_maps, Encoding, RelationStore, SourceImage, ViewRecipe};
+use tinymim_formats::{relation_maps, Encoding, RelationStore, SourceImage};
 
 /// Stored rows whose fidelity is measured per encoding.
 const FIDELITY_ROWS: usize = 24;
@@ -95,18 +95,7 @@ fn main() -> anyhow::Result<()> {
     let g = teacher.geometry();
 
     // Teacher only: every view rendered first, then timed batches through the session.
-    let recipe = ViewRecipe::default();
-    let mut pixels = Vec::new();
-    for file in walk(&photos)? {
-        let (image, hash) = SourceImage::open(&file.path)?;
-        for view in sample_views(&recipe, &hash, image.width(), image.height(), views) {
-            let mut out = vec![0.0; teacher.pixels_per_view()];
-            image.render(&view, g.image_size, &g.normalization, &mut out)?;
-            pixels.extend(out);
-        }
-    }
-    let per_view = teacher.pixels_per_view();
-    let total = pixels.len() / per_view;
+    let (pixels, total) = render_all(&teacher, &photos, views)?;
     eprintln!(
         "{total} views of {}×{} px, batch {batch}, provider {}, threads {}",
         g.image_size,
@@ -128,11 +117,7 @@ fn main() -> anyhow::Result<()> {
 
     for encoding in Encoding::ALL {
         // Timed right before each extraction, so that both see the same machine load.
-        let started = Instant::now();
-        for chunk in pixels.chunks(batch * per_view) {
-            teacher.run(chunk, chunk.len() / per_view)?;
-        }
-        let bare = total as f64 / started.elapsed().as_secs_f64();
+        let bare = bare_views_per_s(&mut teacher, &pixels, batch)?;
         let dir = tempfile::tempdir()?;
         let run = ExtractOptions {
             images: photos.clone(),

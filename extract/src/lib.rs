@@ -7,9 +7,13 @@
 //! - [`encode`]: teacher outputs → float16 rows in the store's encoding;
 //! - [`source`]: the image folder, labels and `--shard i/n` (or the launcher's part);
 //! - [`pipeline`]: one extraction run (render → teacher → write, bounded and resumable);
-//! - [`inspect`], [`verify`]: reading a store back.
+//! - [`inspect`], [`verify`]: reading a store back;
+//! - [`export`]: `extract teacher`, a checkpoint → a truncated teacher ONNX;
+//! - [`bench`]: `extract bench`, the pipeline against the bare teacher.
 
+pub mod bench;
 pub mod encode;
+pub mod export;
 pub mod inspect;
 pub mod pipeline;
 pub mod runtime;

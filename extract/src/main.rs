@@ -3,7 +3,7 @@
 //!
 //! Exit status: 0 on success, 1 on failure, 2 on a usage error.
 
-mod export;
+mod bench_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use tinymim_extract::export;
 use tinymim_extract::inspect::inspect;
 use tinymim_extract::pipeline::{extract, ExtractOptions};
 use tinymim_extract::runtime::{Device, Runtime};
@@ -48,6 +49,9 @@ enum Command {
     Verify(VerifyArgs),
     /// Export a teacher ONNX (truncated after the target block) from an MAE checkpoint.
     Teacher(export::ExportArgs),
+    /// Time the whole pipeline against the bare teacher on the same views (one JSON line), with
+    /// a given teacher or one exported from random weights (--random-teacher).
+    Bench(bench_cli::BenchArgs),
 }
 
 /// How the teacher runs.
@@ -165,6 +169,7 @@ fn main() -> ExitCode {
         Some(Command::Inspect(args)) => run_inspect(&args),
         Some(Command::Verify(args)) => run_verify(&args),
         Some(Command::Teacher(args)) => export::run(&args).map(|()| true),
+        Some(Command::Bench(args)) => bench_cli::run(&args).map(|()| true),
         None => run_extract(&cli.run).map(|()| true),
     };
     match result {
