@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The distillation step, candle against PyTorch eager on the CPU, side by side in one run
 # (BENCHMARKS.md, "Training (train)"): for vit-tiny at batch 8 and 64 and vit-small at batch 32
-# (12 relation heads, 224 px), candle's step (`student_speed --step-only`), PyTorch's
+# (12 relation heads, 224 px), candle's step (`train bench step --step-only`), PyTorch's
 # (`bench_torch_step.py`, its thread count set to ours, its BLAS printed), their ratio, and where
 # each step's time goes (`profile_step.py`, perf samples; `bench_torch_step.py --profile`,
-# torch.profiler). Needs a release build of student_speed, `perf`, and a Python with torch and
+# torch.profiler). Needs a release build of train, `perf`, and a Python with torch and
 # timm: TORCH_PYTHON (default .cache/torch-venv/bin/python). THREADS (default: the cores).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,12 +12,12 @@ cd "$root"
 python="${TORCH_PYTHON:-$root/.cache/torch-venv/bin/python}"
 threads="${THREADS:-$(nproc)}"
 export RAYON_NUM_THREADS="$threads" OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
-speed="$root/target/release/examples/student_speed"
-[ -x "$speed" ] || cargo build --release --locked -p tinymim-train --example student_speed >&2
+speed="$root/target/release/train"
+[ -x "$speed" ] || cargo build --release --locked -p tinymim-train --bin train >&2
 for config in "vit-tiny 8 3" "vit-tiny 64 2" "vit-small 32 2"; do
   read -r preset batch reps <<< "$config"
   echo "== $preset, batch $batch, 12 relation heads, $threads threads"
-  candle=$("$speed" --step-only --preset "$preset" --batch "$batch" --heads 12 --reps "$reps" --json \
+  candle=$("$speed" bench step --device cpu --step-only --preset "$preset" --batch "$batch" --heads 12 --reps "$reps" --json \
     | python3 -c 'import json,sys; print("%.2f" % json.loads(sys.stdin.read())["images_per_s"])')
   echo "candle step: $candle images/s"
   if [ -x "$python" ]; then

@@ -1,5 +1,5 @@
 """PyTorch reference for one distillation step, to compare with candle's
-(`train/examples/student_speed.rs`): the same student (timm VisionTransformer), the last block
+(`train bench step`, `train/src/bench/step.rs`): the same student (timm VisionTransformer), the last block
 run only to LN1 + qkv with RELATION_HEADS heads, relation logits, the KL loss of TINYMIM.md,
 backward and an AdamW step.
 

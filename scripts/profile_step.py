@@ -1,8 +1,8 @@
 """Where one candle distillation step's time goes on the CPU: samples the step alone
-(`student_speed --step-only`) with `perf record` (software clock, every thread) and sums the
+(`train bench step --step-only`) with `perf record` (software clock, every thread) and sums the
 samples' own functions into the categories `bench_torch_step.py --profile` gives PyTorch's ops.
 
-    python3 scripts/profile_step.py [--bin target/release/examples/student_speed]
+    python3 scripts/profile_step.py [--bin target/release/train]
         [--preset vit-tiny] [--batch 8] [--heads 12] [--reps 3] [--json]
 
 Needs `perf` (Debian's linux-perf). perf's shares are of CPU time on every thread (waiting
@@ -32,7 +32,7 @@ CATEGORIES = [
 ]
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-parser.add_argument("--bin", default="target/release/examples/student_speed")
+parser.add_argument("--bin", default="target/release/train")
 parser.add_argument("--preset", default="vit-tiny")
 parser.add_argument("--batch", default="8")
 parser.add_argument("--heads", default="12")
@@ -42,7 +42,7 @@ args = parser.parse_args()
 
 with tempfile.NamedTemporaryFile(suffix=".perf") as data:
     subprocess.run(["perf", "record", "-q", "-F", "997", "-o", data.name, "--", args.bin,
-                    "--step-only", "--preset", args.preset, "--batch", args.batch,
+                    "bench", "step", "--device", "cpu", "--step-only", "--preset", args.preset, "--batch", args.batch,
                     "--heads", args.heads, "--reps", args.reps], check=True,
                    stdout=subprocess.DEVNULL)
     report = subprocess.run(["perf", "report", "-i", data.name, "--no-children", "--sort", "symbol",
