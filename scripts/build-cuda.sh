@@ -3,18 +3,17 @@
 # packages only: the CUDA 13.0 toolkit from NVIDIA's PyPI wheels (scripts/setup.sh --cuda),
 # link-time stubs of the driver, cuBLAS, cuRAND and NVRTC (scripts/cuda_stubs.py), then
 #
-#   target/cuda/release/train            `train` with candle's CUDA backend (--device cuda[:N])
-#   target/cuda/release/examples/...     student_speed, bench_train, device_check (GPU checks),
-#                                        rendezvous_check (a CPU build: the multi-GPU start-up)
-#   target/cuda/dist/                    the same, stripped (about 55 MB each: the kernels' PTX)
-#   target/cuda/carry/                   the same, xz-compressed (about 9 MB each), to copy to a
-#                                        GPU machine; scripts/gpu_check.sh unpacks them there
+#   target/cuda/release/train            `train` with candle's CUDA backend (--device cuda[:N]); it
+#                                        is also every GPU check (`train bench parity|step|
+#                                        throughput|rendezvous`), so one binary carries candle's PTX
+#   target/cuda/dist/train               the same, stripped; scripts/gpu_check.sh --prepare packs it
+#                                        (xz) into target/cuda/carry for a GPU machine
 #
 # The kernels are compiled for compute capability $CUDA_COMPUTE_CAP (default 90: Hopper,
 # H100/H200; 80 builds PTX that Ampere and Hopper both load). At run time the binary needs the
 # NVIDIA driver (libcuda.so.1) and the CUDA 13 runtime libraries libcudart.so.13,
 # libcublas.so.13, libcublasLt.so.13, libcurand.so.10, libnvrtc.so.13 and NCCL's libnccl.so.2 on the loader's
-# path: scripts/cuda-libs.sh prints that path from an installed PyTorch or the nvidia-* wheels.
+# path (PyTorch's nvidia-* wheels carry them; scripts/gpu_check.sh finds them there).
 # `extract` needs no CUDA build: its CUDA execution provider comes from the onnxruntime-gpu
 # library it loads at run time.
 #
@@ -54,26 +53,14 @@ export CUDA_ROOT="$stubs"            # cudarc: link search for the stubs (lib/)
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 export LIBRARY_PATH="$stubs/lib:$toolkit/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
 began=$(date +%s)
-cargo build --profile "$profile" --locked -p tinymim-train --features cuda,nccl --bins \
-  --example student_speed --example bench_train --example device_check --target-dir "$target"
-# The start-up hand-off check needs no CUDA: a CPU build, small to carry.
-cargo build --profile "$profile" --locked -p tinymim-train --example rendezvous_check --target-dir "$target"
+cargo build --profile "$profile" --locked -p tinymim-train --features cuda,nccl --bin train --target-dir "$target"
 echo "build-cuda: built ($profile profile) in $(( $(date +%s) - began )) s for compute capability $CUDA_COMPUTE_CAP"
 
 out_dir="$target/$([ "$profile" = dev ] && echo debug || echo "$profile")"
 dist="$work/dist"
 mkdir -p "$dist"
-for bin in train examples/student_speed examples/bench_train examples/device_check examples/rendezvous_check; do
-  strip -o "$dist/$(basename "$bin")" "$out_dir/$bin"
-done
-if [ "$profile" = release ]; then
-  carry="$work/carry"
-  rm -rf "$carry"
-  mkdir -p "$carry"
-  for bin in "$dist"/*; do xz -1 -T2 -c "$bin" > "$carry/$(basename "$bin").xz"; done
-  echo "build-cuda: compressed copies in $carry ($(du -sh "$carry" | cut -f1))"
-fi
+strip -o "$dist/train" "$out_dir/train"
 # Which libraries the binaries ask the loader for: the real names, never the stubs' paths.
 readelf -d "$dist/train" | grep -q 'libcuda.so.1' || { echo "build-cuda: train does not link libcuda.so.1" >&2; exit 1; }
-echo "build-cuda: stripped binaries in $dist ($(du -sh "$dist" | cut -f1)); needs at run time:" \
+echo "build-cuda: stripped binary in $dist ($(du -sh "$dist" | cut -f1)); needs at run time:" \
   "$(readelf -d "$dist/train" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | grep -E 'cu|nvrtc|nccl' | tr '\n' ' ')"

@@ -5,6 +5,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# Formatting first: it needs no build and fails in seconds.
+cargo fmt --all --check
 scripts/setup.sh --mpi
 export TINYMIM_CACHE="${TINYMIM_CACHE:-$root/.cache/tinymim}"
 # The end-to-end tests drive the real binaries: build them first, in the same profile. The
@@ -20,4 +22,6 @@ scripts/build-cuda.sh --check
 cargo build --workspace --bins --locked "${features[@]}"   # the CPU binaries back in target/debug (a relink)
 scripts/gpu_check.sh --prepare
 scripts/gpu_check.sh --dry-run --bin "$root/target/cuda-check/dist" --out "$root/target/gpu-check-dry"
+# Lints as errors (the workspace's [workspace.lints] and clippy's defaults), every target.
+cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
 cargo test --workspace --locked "${features[@]}" "$@"

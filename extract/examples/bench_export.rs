@@ -47,7 +47,10 @@ fn main() -> anyhow::Result<()> {
 
     let extract = sibling_extract_binary()?;
     let dir = tempfile::tempdir()?;
-    let arch = VitArch::resolve(&ArchOverrides::default(), &ArchFile::preset("mae-vit-base")?)?;
+    let arch = VitArch::resolve(
+        &ArchOverrides::default(),
+        &ArchFile::preset("mae-vit-base")?,
+    )?;
     let checkpoint = write_random_checkpoint(&arch, dir.path())?;
     println!(
         "checkpoint: random ViT-B/16 ({:.0} MB safetensors)",

@@ -65,7 +65,11 @@ pub struct BenchReport {
 
 /// Every view of every image under `images`, rendered for `teacher` (normalised float32 CHW,
 /// one view after another), and their count.
-pub fn render_all(teacher: &Teacher, images: &Path, views: u32) -> anyhow::Result<(Vec<f32>, usize)> {
+pub fn render_all(
+    teacher: &Teacher,
+    images: &Path,
+    views: u32,
+) -> anyhow::Result<(Vec<f32>, usize)> {
     let g = teacher.geometry();
     let recipe = ViewRecipe::default();
     let per_view = teacher.pixels_per_view();
@@ -84,7 +88,11 @@ pub fn render_all(teacher: &Teacher, images: &Path, views: u32) -> anyhow::Resul
 
 /// The bare session's views/s over `pixels` in batches of `batch`, after one warm-up batch
 /// (whose allocations and kernel choices no later batch pays).
-pub fn bare_views_per_s(teacher: &mut Teacher, pixels: &[f32], batch: usize) -> anyhow::Result<f64> {
+pub fn bare_views_per_s(
+    teacher: &mut Teacher,
+    pixels: &[f32],
+    batch: usize,
+) -> anyhow::Result<f64> {
     let per_view = teacher.pixels_per_view();
     let warm = pixels.len().min(batch * per_view);
     teacher.run(&pixels[..warm], warm / per_view)?;

@@ -58,7 +58,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             Teacher::load(&onnx, None, &options)?
         }
         (None, Some(_)) => crate::load_teacher(&args.teacher, options.relation_maps)?,
-        (None, None) => anyhow::bail!("extract bench needs --teacher ONNX or --random-teacher PRESET"),
+        (None, None) => {
+            anyhow::bail!("extract bench needs --teacher ONNX or --random-teacher PRESET")
+        }
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (report, _) = extraction_vs_bare(

@@ -10,7 +10,7 @@
 //! Every encoding but `ln1-int8` stores float16.
 
 use half::f16;
-use ndarray::s;
+use ndarray::Axis;
 use rayon::prelude::*;
 use tinymim_formats::quant::ln1_int8_row;
 use tinymim_formats::{relation_maps, Encoding, Targets};
@@ -34,8 +34,8 @@ pub fn encode_batch(encoding: Encoding, batch: &TeacherBatch) -> Result<Vec<Targ
             Ok(views
                 .into_par_iter()
                 .map(|i| {
-                    let qk = qk.slice(s![i, .., .., ..]);
-                    let vv = vv.slice(s![i, .., .., ..]);
+                    let qk = qk.index_axis(Axis(0), i);
+                    let vv = vv.index_axis(Axis(0), i);
                     to_f16(qk.iter().chain(vv.iter()))
                 })
                 .collect())
@@ -44,9 +44,9 @@ pub fn encode_batch(encoding: Encoding, batch: &TeacherBatch) -> Result<Vec<Targ
             .into_par_iter()
             .map(|i| {
                 let maps = relation_maps(
-                    batch.q.slice(s![i, .., .., ..]),
-                    batch.k.slice(s![i, .., .., ..]),
-                    batch.v.slice(s![i, .., .., ..]),
+                    batch.q.index_axis(Axis(0), i),
+                    batch.k.index_axis(Axis(0), i),
+                    batch.v.index_axis(Axis(0), i),
                 );
                 to_f16(maps.iter())
             })
@@ -54,9 +54,9 @@ pub fn encode_batch(encoding: Encoding, batch: &TeacherBatch) -> Result<Vec<Targ
         Encoding::Qkv => Ok(views
             .into_par_iter()
             .map(|i| {
-                let q = batch.q.slice(s![i, .., .., ..]);
-                let k = batch.k.slice(s![i, .., .., ..]);
-                let v = batch.v.slice(s![i, .., .., ..]);
+                let q = batch.q.index_axis(Axis(0), i);
+                let k = batch.k.index_axis(Axis(0), i);
+                let v = batch.v.index_axis(Axis(0), i);
                 to_f16(q.iter().chain(k.iter()).chain(v.iter()))
             })
             .collect()),
@@ -64,14 +64,14 @@ pub fn encode_batch(encoding: Encoding, batch: &TeacherBatch) -> Result<Vec<Targ
             let ln1 = batch.ln1.as_ref().ok_or(EncodeError::MissingLn1)?;
             Ok(views
                 .into_par_iter()
-                .map(|i| to_f16(ln1.slice(s![i, .., ..]).iter()))
+                .map(|i| to_f16(ln1.index_axis(Axis(0), i).iter()))
                 .collect())
         }
         Encoding::Ln1Int8 => {
             let ln1 = batch.ln1.as_ref().ok_or(EncodeError::MissingLn1)?;
             Ok(views
                 .into_par_iter()
-                .map(|i| ln1_int8_row(ln1.slice(s![i, .., ..])))
+                .map(|i| ln1_int8_row(ln1.index_axis(Axis(0), i)))
                 .collect())
         }
     }

@@ -11,6 +11,8 @@
 //! - [`export`]: `extract teacher`, a checkpoint → a truncated teacher ONNX;
 //! - [`bench`]: `extract bench`, the pipeline against the bare teacher.
 
+#![forbid(unsafe_code)]
+
 pub mod bench;
 pub mod encode;
 pub mod export;

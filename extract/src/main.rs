@@ -3,6 +3,8 @@
 //!
 //! Exit status: 0 on success, 1 on failure, 2 on a usage error.
 
+#![forbid(unsafe_code)]
+
 mod bench_cli;
 
 use std::path::PathBuf;

@@ -21,6 +21,8 @@
 //!   GPU, its part of an extraction), which both phases run under;
 //! - [`device`]: the `--device` argument both binaries take (`cuda` is the launcher's local GPU).
 
+#![forbid(unsafe_code)]
+
 pub mod atomic;
 pub mod device;
 pub mod encoding;

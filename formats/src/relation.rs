@@ -4,7 +4,7 @@
 //! are the reference the other phases are checked against, and they decode any stored
 //! [`Encoding`] back to relation maps.
 
-use ndarray::{s, Array2, Array4, ArrayView1, ArrayView2, ArrayView3, ArrayView4, Axis};
+use ndarray::{Array2, Array4, ArrayView1, ArrayView2, ArrayView3, ArrayView4, Axis};
 use rayon::prelude::*;
 
 use crate::encoding::{Encoding, Targets};
@@ -137,8 +137,8 @@ pub fn decode_maps(
 /// Relation maps of q, k, v stacked as `[3, H, N, d]`.
 fn maps_of_split_qkv(qkv: ArrayView4<f32>) -> Array4<f32> {
     relation_maps(
-        qkv.slice(s![0, .., .., ..]),
-        qkv.slice(s![1, .., .., ..]),
-        qkv.slice(s![2, .., .., ..]),
+        qkv.index_axis(Axis(0), 0),
+        qkv.index_axis(Axis(0), 1),
+        qkv.index_axis(Axis(0), 2),
     )
 }

@@ -1,5 +1,7 @@
 //! `train`: phase two of tinymim. See `train --help`.
 
+#![forbid(unsafe_code)]
+
 mod bench_cli;
 mod cli;
 

@@ -212,10 +212,17 @@ unsafe fn run_spans(
             // buffer outlives `execute_chunked` (it returns once every call has), and each task
             // index is handed to exactly one call, so nothing else accesses the span.
             let part = unsafe {
-                std::slice::from_raw_parts_mut(out.0.add(r.start).cast::<MaybeUninit<f32>>(), r.len())
+                std::slice::from_raw_parts_mut(
+                    out.0.add(r.start).cast::<MaybeUninit<f32>>(),
+                    r.len(),
+                )
             };
             if fresh == Fresh::Uninitialised {
-                part.fill(MaybeUninit::new(if cfg!(debug_assertions) { f32::NAN } else { 0.0 }));
+                part.fill(MaybeUninit::new(if cfg!(debug_assertions) {
+                    f32::NAN
+                } else {
+                    0.0
+                }));
             }
             // SAFETY: every value of the span is initialised: by the fill just above, or by the
             // caller (`Fresh::Initialised`, this function's contract).

@@ -602,7 +602,10 @@ fn a_store_smaller_than_the_default_batch_trains_with_the_batch_lowered_and_says
             "{what}: {err}"
         );
         let stdout = String::from_utf8_lossy(&result.stdout);
-        assert!(stdout.starts_with("trained 2 steps (2.00 epochs)"), "{what}: {stdout}");
+        assert!(
+            stdout.starts_with("trained 2 steps (2.00 epochs)"),
+            "{what}: {stdout}"
+        );
         let first: serde_json::Value = serde_json::from_str(
             std::fs::read_to_string(out.join("metrics.jsonl"))
                 .unwrap()
@@ -611,10 +614,16 @@ fn a_store_smaller_than_the_default_batch_trains_with_the_batch_lowered_and_says
                 .unwrap(),
         )
         .unwrap();
-        assert!(first["loss"].as_f64().is_some_and(f64::is_finite), "{what}: {first}");
+        assert!(
+            first["loss"].as_f64().is_some_and(f64::is_finite),
+            "{what}: {first}"
+        );
 
         let (result, out) = run(source, &["--batch", "8"], &format!("{what}-explicit"));
-        assert!(!result.status.success(), "{what}: an explicit --batch 8 over 6 views");
+        assert!(
+            !result.status.success(),
+            "{what}: an explicit --batch 8 over 6 views"
+        );
         let err = stderr(&result);
         assert!(err.contains("lower --batch"), "{what}: {err}");
         assert!(!out.join("metrics.jsonl").exists());

@@ -222,6 +222,10 @@ mod tests {
         assert_eq!(info(summary).source_root(), Some(written.source_root));
         assert_eq!(info(serde_json::Value::Null).source_root(), None);
         let other = serde_json::json!({ "source_root": 3 });
-        assert_eq!(info(other).source_root(), None, "a non-path value is no root");
+        assert_eq!(
+            info(other).source_root(),
+            None,
+            "a non-path value is no root"
+        );
     }
 }

@@ -138,7 +138,8 @@ pub fn step_parity(config: &ParityConfig) -> Result<Vec<ParityReport>> {
                 .filter(|(name, _)| grads_cpu.get(name).is_none())
                 .map(|(name, _)| name.to_string()),
         );
-        let pass = loss_err <= tolerance && worst <= tolerance && one_sided.is_empty() && compared > 0;
+        let pass =
+            loss_err <= tolerance && worst <= tolerance && one_sided.is_empty() && compared > 0;
         reports.push(ParityReport {
             check: "step_parity",
             device: crate::device::describe(&config.device),

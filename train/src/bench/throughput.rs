@@ -58,7 +58,12 @@ pub fn measure(runs: &[(&str, RunConfig)]) -> Result<Vec<ThroughputReport>> {
             .map(|m| batch as f64 / m.views_per_s)
             .collect();
         let wait = summary.data_wait_s / summary.seconds.max(1e-9);
-        measured.push((name.to_string(), batch, median_after_warm_up(&seconds)?, wait));
+        measured.push((
+            name.to_string(),
+            batch,
+            median_after_warm_up(&seconds)?,
+            wait,
+        ));
         synthetic.get_or_insert((prepared.relation_heads, batch, metrics.len() as u64));
     }
     let (heads, batch, steps) = synthetic.expect("one run at least");
@@ -125,8 +130,14 @@ fn synthetic_step_seconds(
     crate::device::configure_gemm(config.precision);
     let mut model = Student::new(student, heads, 0, device)?;
     model.set_precision(config.precision);
-    let (pixels, qk, vv) =
-        random_step_inputs(batch, student.image_size, heads, student.tokens(), 1, device)?;
+    let (pixels, qk, vv) = random_step_inputs(
+        batch,
+        student.image_size,
+        heads,
+        student.tokens(),
+        1,
+        device,
+    )?;
     let mut distiller = Distiller {
         optimizer: AdamW::new(model.params(), AdamWConfig::default()),
         student: model,

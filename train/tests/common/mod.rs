@@ -9,4 +9,3 @@ pub use tinymim_train::testing::{max_rel_err, randn, rng};
 pub fn teacher_maps(shape: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
     candle_nn::ops::softmax(&(randn(shape, rng) * 2.0).unwrap(), D::Minus1).unwrap()
 }
-

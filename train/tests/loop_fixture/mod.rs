@@ -172,7 +172,12 @@ pub fn write_store(
         }
     }
     writer
-        .commit(serde_json::to_value(SourceRoot { source_root: images.to_path_buf() }).unwrap())
+        .commit(
+            serde_json::to_value(SourceRoot {
+                source_root: images.to_path_buf(),
+            })
+            .unwrap(),
+        )
         .unwrap();
 }
 

@@ -20,7 +20,10 @@ use std::sync::Arc;
 
 use zarrs::filesystem::FilesystemStore;
 use zarrs::storage::store::MemoryStore;
-use zarrs::storage::{ListableStorageTraits, ReadableStorageTraits, ReadableWritableListableStorageTraits, StoreKey, WritableStorageTraits};
+use zarrs::storage::{
+    ListableStorageTraits, ReadableStorageTraits, ReadableWritableListableStorageTraits, StoreKey,
+    WritableStorageTraits,
+};
 
 use super::{Result, StoreError};
 
@@ -84,7 +87,9 @@ enum Place {
     Memory,
     /// A bucket prefix, through an S3 client.
     #[cfg(feature = "s3")]
-    Bucket { client: Arc<dyn object_store::ObjectStore> },
+    Bucket {
+        client: Arc<dyn object_store::ObjectStore>,
+    },
 }
 
 impl Backend {

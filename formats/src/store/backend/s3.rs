@@ -56,7 +56,11 @@ pub(super) fn open(
 
 /// Writes `bytes` to `key` only if it does not exist (a `PUT` with `If-None-Match: *`);
 /// `Ok(false)` when it does.
-pub(super) fn create(client: &Arc<dyn ObjectStore>, key: &StoreKey, bytes: Vec<u8>) -> Result<bool> {
+pub(super) fn create(
+    client: &Arc<dyn ObjectStore>,
+    key: &StoreKey,
+    bytes: Vec<u8>,
+) -> Result<bool> {
     let location = object_store::path::Path::from(key.as_str());
     let put = client.put_opts(&location, PutPayload::from(bytes), PutMode::Create.into());
     match block_on(put) {

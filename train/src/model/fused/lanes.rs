@@ -154,7 +154,6 @@ pub(super) fn ln(x: f32) -> f32 {
     f + y + e * LN2_HI
 }
 
-
 /// erf in f32 as a rational function, `x·P(x²)/Q(x²)` on x clamped to ±4 (beyond which erf
 /// is ±1 in f32): the approximation of Eigen's and XLA's f32 erf, within 5e-7 of erf
 /// everywhere, 4 ulps near ±1 (`erf_is_within_float_rounding`). Branch-free, so a loop of it

@@ -221,7 +221,8 @@ mod tests {
             if dtype == DType::F32 {
                 assert!(grads.get(&x).is_none(), "a constant input gets no gradient");
             }
-            [w.as_tensor(), b.as_tensor()].map(|p| grads.get(p).unwrap().to_dtype(DType::F32).unwrap())
+            [w.as_tensor(), b.as_tensor()]
+                .map(|p| grads.get(p).unwrap().to_dtype(DType::F32).unwrap())
         };
         let (fused_grads, reference) = (grads_of(&x, DType::F32), grads_of(&x, DType::F64));
         for (g, r) in fused_grads.iter().zip(&reference) {

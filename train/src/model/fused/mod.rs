@@ -98,13 +98,17 @@ pub(crate) fn rows_of<'a>(
 
 /// A new `len`-value buffer whose rows of `width` values (the last one possibly shorter) are
 /// filled by `f(row index, row)`, in parallel ([`par_blocks`]; `f` writes every value).
-pub(super) fn par_rows(len: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+pub(super) fn par_rows(
+    len: usize,
+    width: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
     par_blocks(len, width, MIN_ROWS_PER_TASK, f)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::reference::{normal};
+    use super::reference::normal;
     use crate::model::fused;
 
     #[test]

@@ -56,7 +56,8 @@ fn product_into(
         return;
     }
     assert!(
-        within(lhs.len(), last(m, lhs_rs, k, lhs_cs)) && within(rhs.len(), last(k, rhs_rs, n, rhs_cs)),
+        within(lhs.len(), last(m, lhs_rs, k, lhs_cs))
+            && within(rhs.len(), last(k, rhs_rs, n, rhs_cs)),
         "product operands out of bounds"
     );
     // SAFETY: m, n, k > 0 and every element gemm touches lies in its slice (checked above, in
@@ -86,7 +87,6 @@ fn product_into(
         )
     }
 }
-
 
 /// `scale · a·bᵀ` of every matrix of `a` `[.., M, K]` and `b` `[.., N, K]` (the same leading
 /// dimensions), `[.., M, N]`: the relation logits q·kᵀ·d^-½ and v·vᵀ·d^-½ of all heads, and
@@ -313,7 +313,10 @@ mod tests {
             let (a, b) = (normal(a, 70, 1.0), normal(b, 71, 1.0));
             let y = fused::scaled_products_nt(&a, &b, 0.5).unwrap();
             let (r, c) = (a.dims().len() - 2, b.dims().len() - 2);
-            assert_eq!(y.dims(), [&a.dims()[..r], &[a.dims()[r], b.dims()[c]]].concat());
+            assert_eq!(
+                y.dims(),
+                [&a.dims()[..r], &[a.dims()[r], b.dims()[c]]].concat()
+            );
             y.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         };
         assert!(f(&[2, 0, 4], &[2, 3, 4]).is_empty());
@@ -335,7 +338,14 @@ mod tests {
         assert_eq!(dst, vec![0.0; 6]);
         let short = std::panic::catch_unwind(|| {
             let mut dst = vec![0.0f32; 6];
-            super::product((2, 3, 2), &mut dst, 3, (&[1.0; 3], 2, 1), (&[1.0; 6], 3, 1), 1.0);
+            super::product(
+                (2, 3, 2),
+                &mut dst,
+                3,
+                (&[1.0; 3], 2, 1),
+                (&[1.0; 6], 3, 1),
+                1.0,
+            );
         });
         assert!(short.is_err(), "a 3-value lhs for a 2×2 operand is refused");
     }

@@ -82,7 +82,6 @@ impl CustomOp2 for SoftmaxBwd {
     }
 }
 
-
 /// `log_softmax(x)` over the last axis.
 ///
 /// Forward, per row: `y = (x − max x) − ln Σ exp(x − max x)` (stable for any logits).
@@ -146,7 +145,6 @@ impl CustomOp2 for LogSoftmaxBwd {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
-
 
 /// The forward KL of each row, `Σ_j T_j · (ln T_j − log_softmax(S)_j)` over the last axis,
 /// with `0 · ln 0 = 0`: logits `S` and target distributions `T` of the same shape give the
