@@ -101,13 +101,13 @@ cut_stages() {
     local len=$rest
     [ "$k" = 1 ] && len=$first
     mkdir -p "$dest/part-$k"
-    tail -c +$((offset + 1)) "$whole" | head -c "$len" > "$dest/part-$k/ort.tar.xz.$(printf %02d "$k")"
+    dd if="$whole" of="$dest/part-$k/ort.tar.xz.$(printf %02d "$k")" bs=1M iflag=skip_bytes,count_bytes \
+      skip="$offset" count="$len" status=none
     offset=$((offset + len)); k=$((k + 1))
   done
   (cd "$dest" && sha256sum part-*/ort.tar.xz.* whole/ort.tar.xz | sed 's| part-[0-9]*/| |; s| whole/| |' > SHA256SUMS)
-  for part in "$dest"/part-*; do cp "$dest/SHA256SUMS" "$part/"; done
   echo "$((k - 1))" > "$dest/parts"
-  cp "$dest/parts" "$dest"/part-*/
+  for part in "$dest"/part-*; do cp "$dest/SHA256SUMS" "$dest/parts" "$part/"; done
   rm -rf "$dest/whole"
 }
 
@@ -121,7 +121,7 @@ if [ "$mode" = prepare ]; then
   # DINOv2-S at 112 px (65 tokens: a patch-16 student at 128 px): small rows, so that the int8
   # store holds more than one batch of 256 views within the carry.
   teacher=(--teacher "$cache/teachers/vit_s_focus.onnx" --config configs/teachers/dinov2-small-112.toml)
-  "$extract" "${teacher[@]}" --images "$data/photos" --views 8 --encoding ln1 --out "$data/ln1.zarr" --quiet >/dev/null
+  "$extract" "${teacher[@]}" --images "$data/photos" --views 4 --encoding ln1 --out "$data/ln1.zarr" --quiet >/dev/null
   "$extract" "${teacher[@]}" --images "$data/photos" --views 26 --encoding ln1-int8 --out "$data/ln1-int8.zarr" --quiet >/dev/null
   # The carry: the CUDA train (scripts/build-cuda.sh) and the CPU extract of the release build.
   if [ -x "$root/target/cuda/dist/train" ] && [ -x "$root/target/release/extract" ]; then
@@ -227,6 +227,9 @@ step() {
   fi
   log "$name: $*"
   local t0=$SECONDS rc=0
+  # A shell function of this script runs in a child bash (timeout runs programs), which gets the
+  # functions and variables it needs exported (below); timeout signals the child's whole group.
+  if declare -F "$1" > /dev/null; then set -- bash -c 'set -euo pipefail; "$@"' "$1" "$@"; fi
   timeout --kill-after=5 "$guard" "$@" > "$out/$name.out" 2> "$out/$name.err" || rc=$?
   grep '^{' "$out/$name.out" >> "$jsonl" || true
   if [ "$rc" != 0 ]; then
@@ -298,8 +301,9 @@ ort_stage() {
   rm -f "$ortdir.tar.xz"
   record "{\"check\": \"ort_unpacked\", \"whole_sha256_ok\": $whole_ok, \"files\": [$(ls "$ortdir" | sed 's/.*/"&"/' | paste -sd,)]}"
   [ "$whole_ok" = true ] || { failures=$((failures + 1)); return 0; }
-  local lib
-  lib=$(ls "$ortdir"/libonnxruntime.so.* | head -1)
+  local lib libs
+  libs=("$ortdir"/libonnxruntime.so.*)
+  lib=${libs[0]}
   for encoding in ln1-int8 ln1; do
     step "extract-$encoding" "$guard_long" env ORT_DYLIB_PATH="$lib" "$extract" bench "${extraction[@]}" \
       --images "$data/photos" --encoding "$encoding" --device "$device"
@@ -313,10 +317,10 @@ if [ -n "$stage" ]; then
   exit
 fi
 
-# 1. Parity.
-step parity "$guard_step" "$train" bench parity --device "$device" --preset vit-tiny --batch "$parity_batch" --heads 6
-# Dry run only: asking the CUDA build for a GPU where there is none fails with a sentence.
-train_refused() { # CHECK WANT [VAR=VALUE...] -- ARGS...: train must fail, its message satisfying WANT
+# The steps that are shell functions of this script (each runs in a child bash under `timeout`,
+# which gets them and the variables they use exported).
+# train_refused CHECK WANT [VAR=VALUE...] -- ARGS...: train must fail, its message satisfying WANT.
+train_refused() {
   local check=$1 want=$2 vars=()
   shift 2
   while [ "$1" != -- ]; do vars+=("$1"); shift; done
@@ -334,32 +338,12 @@ print(json.dumps({"check": sys.argv[2], "message": message, "pass": ok}))
 sys.exit(0 if ok else 1)
 PY
 }
-[ "$mode" = dry ] && step cuda_refused "$guard_step" train_refused cuda_refused_without_gpu \
-  '"no usable CUDA device" in message or "built without CUDA support" in message' -- --device cuda:0
-
-# 2. The student step in bf16, candle beside PyTorch eager and torch.compile.
-for size in "${bf16_sizes[@]}"; do
-  read -r preset batch <<< "$size"
-  candle_step "$preset" "$batch" bf16
-  if [ "$has_torch" = 1 ]; then
-    torch_step "$preset" "$batch" bf16
-    [ "$preset" = vit-small ] && torch_step "$preset" "$batch" bf16 --compile
-  fi
-done
-if [ "$has_torch" = 0 ]; then
-  torch_scripts_compile() {
-    python3 -c 'import sys; [compile(open(f).read(), f, "exec") for f in sys.argv[1:]]' \
-      scripts/bench_torch_step.py scripts/bench_torch_teacher.py &&
-      echo '{"check": "pytorch", "skipped": "import torch, timm fails on this machine; its scripts compile"}'
-  }
-  step pytorch "$guard_step" torch_scripts_compile
-fi
-
-# 3. Training from a real store vs synthetic targets.
-step throughput-bf16 "$guard_long" "$train" bench throughput --cache "$data/ln1-int8.zarr" --images "$data/photos" \
-  --device "$device" --precision bf16 "${throughput[@]}" --json
-
-# 4. Training from the store: the same command on the device and on the CPU.
+torch_scripts_compile() { # where PyTorch is missing: the PyTorch scripts at least compile
+  python3 -c 'import sys; [compile(open(f).read(), f, "exec") for f in sys.argv[1:]]' \
+    scripts/bench_torch_step.py scripts/bench_torch_teacher.py &&
+    echo '{"check": "pytorch", "skipped": "import torch, timm fails on this machine; its scripts compile"}'
+}
+# Training from the store on DEVICE and on the CPU, same command (step 4).
 train_on() { # DEVICE ENCODING
   rm -rf "$out/train-$2-$1"
   "$train" --cache "$data/$2.zarr" --images "$data/photos" --student vit-tiny --image-size 128 \
@@ -384,23 +368,7 @@ print(json.dumps({"check": "train_from_store", "encoding": encoding, "device": d
 sys.exit(0 if ok else 1)
 PY
 }
-step train_from_store "$guard_step" compare_training ln1
-step train_from_int8_store "$guard_step" compare_training ln1-int8
-
-# 5. The student step in f32; torch.compile of the other sizes.
-for size in "${f32_sizes[@]}"; do
-  read -r preset batch <<< "$size"
-  candle_step "$preset" "$batch" f32
-  [ "$has_torch" = 1 ] && torch_step "$preset" "$batch" f32
-done
-if [ "$has_torch" = 1 ]; then
-  for size in "${bf16_sizes[@]}"; do
-    read -r preset batch <<< "$size"
-    [ "$preset" = vit-small ] || torch_step "$preset" "$batch" bf16 --compile
-  done
-fi
-
-# 6. Many GPUs: the hand-off under torchrun, and two ranks over NCCL vs one process.
+# Many GPUs (step 6): the hand-off under torchrun, and two ranks over NCCL vs one process.
 torchrun_rendezvous() {
   python3 -m torch.distributed.run --standalone --nproc-per-node 4 --no-python \
     "$train" bench rendezvous --timeout 60 > "$out/rendezvous.jsonl"
@@ -439,6 +407,48 @@ print(json.dumps({"check": "data_parallel", "ranks": 2, "collective": "NCCL", "s
 sys.exit(0 if ok else 1)
 PY
 }
+export -f train_refused torch_scripts_compile train_on compare_training torchrun_rendezvous data_parallel
+export out data train device steps
+
+# 1. Parity.
+step parity "$guard_step" "$train" bench parity --device "$device" --preset vit-tiny --batch "$parity_batch" --heads 6
+# Dry run only: asking the CUDA build for a GPU where there is none fails with a sentence.
+[ "$mode" = dry ] && step cuda_refused "$guard_step" train_refused cuda_refused_without_gpu \
+  '"no usable CUDA device" in message or "built without CUDA support" in message' -- --device cuda:0
+
+# 2. The student step in bf16, candle beside PyTorch eager and torch.compile.
+for size in "${bf16_sizes[@]}"; do
+  read -r preset batch <<< "$size"
+  candle_step "$preset" "$batch" bf16
+  if [ "$has_torch" = 1 ]; then
+    torch_step "$preset" "$batch" bf16
+    [ "$preset" = vit-small ] && torch_step "$preset" "$batch" bf16 --compile
+  fi
+done
+[ "$has_torch" = 0 ] && step pytorch "$guard_step" torch_scripts_compile
+
+# 3. Training from a real store vs synthetic targets.
+step throughput-bf16 "$guard_long" "$train" bench throughput --cache "$data/ln1-int8.zarr" --images "$data/photos" \
+  --device "$device" --precision bf16 "${throughput[@]}" --json
+
+# 4. Training from the store: the same command on the device and on the CPU.
+step train_from_store "$guard_step" compare_training ln1
+step train_from_int8_store "$guard_step" compare_training ln1-int8
+
+# 5. The student step in f32; torch.compile of the other sizes.
+for size in "${f32_sizes[@]}"; do
+  read -r preset batch <<< "$size"
+  candle_step "$preset" "$batch" f32
+  [ "$has_torch" = 1 ] && torch_step "$preset" "$batch" f32
+done
+if [ "$has_torch" = 1 ]; then
+  for size in "${bf16_sizes[@]}"; do
+    read -r preset batch <<< "$size"
+    [ "$preset" = vit-small ] || torch_step "$preset" "$batch" bf16 --compile
+  done
+fi
+
+# 6. Many GPUs: the hand-off under torchrun, and two ranks over NCCL vs one process.
 [ "$has_torch" = 1 ] && step torchrun_rendezvous "$guard_step" torchrun_rendezvous
 gpus=0
 [ "$mode" = gpu ] && gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
@@ -454,13 +464,17 @@ fi
 
 # 7. ONNX Runtime's GPU build, part 1 (carried with this call); a dry run cuts the CPU build into
 # small parts and plays every later call too, each as its own process, as the GPU machine would.
+# The later parts wait aside and arrive one per call, as carries do.
 if [ "$mode" = dry ]; then
   cut_stages "$cache/onnxruntime" "$stages" $((3 * 1024 * 1024)) $((3 * 1024 * 1024))
+  rm -rf "$stages.later"; mkdir -p "$stages.later"
+  for k in $(seq 2 "$(cat "$stages/parts")"); do mv "$stages/part-$k" "$stages.later/"; done
 fi
 ort_stage 1
 if [ "$mode" = dry ] && [ -f "$stages/parts" ]; then
   for k in $(seq 2 "$(cat "$stages/parts")"); do
     log "stage $k (a later call, dry)"
+    mv "$stages.later/part-$k" "$stages/"
     if "$0" --dry-run --stage "$k" --bin "$bin" --out "$out/stage-$k" --budget "$budget"; then
       record "{\"check\": \"dry_stage\", \"stage\": $k, \"pass\": true}"
     else
