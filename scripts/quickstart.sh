@@ -13,11 +13,18 @@ out="${QUICKSTART_OUT:-$root/runs/quickstart}"
 images="${QUICKSTART_IMAGES:-2000}"
 views="${QUICKSTART_VIEWS:-2}"
 
-scripts/setup.sh
+# The build and the asset fetch side by side (neither needs the other; on a fresh machine they are
+# the first run's two long waits). Without `s3://` support (the default feature `s3`): the
+# quickstart's store is a folder, and the object-store stack is a third of a clean build.
+cargo build --release --locked --bins --no-default-features &
+build=$!
+setup_rc=0
+scripts/setup.sh || setup_rc=$?
+build_rc=0
+wait "$build" || build_rc=$?
+[ "$setup_rc" = 0 ] || { echo "quickstart: scripts/setup.sh failed (exit status $setup_rc)" >&2; exit 1; }
+[ "$build_rc" = 0 ] || { echo "quickstart: cargo build failed (exit status $build_rc)" >&2; exit 1; }
 cache="${TINYMIM_CACHE:-$root/.cache/tinymim}"
-# Without `s3://` support (the default feature `s3`): the quickstart's store is a folder, and the
-# object-store stack is a third of a clean build.
-cargo build --release --locked --bins --no-default-features
 bin="$root/target/release"
 fm="$cache/fashion-mnist"
 teacher=(--teacher "$cache/teachers/vit_s_focus.onnx" --config configs/teachers/dinov2-small-112.toml)
