@@ -103,7 +103,8 @@ struct RunArgs {
     /// Run seed of the view recipe.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Handle only part i of n of the images (by image hash), e.g. 0/4 [default: the launcher's
+    /// Handle only part i of n of the images (by relative path; other parts' files are never
+    /// opened), e.g. 0/4 [default: the launcher's
     /// part: torchrun's RANK/WORLD_SIZE, Open MPI's OMPI_COMM_WORLD_RANK/SIZE or Slurm's
     /// SLURM_PROCID/SLURM_NTASKS, times a Slurm job array's SLURM_ARRAY_TASK_*; else 0/1, every
     /// image]. A given --shard wins over the launcher.

@@ -3,9 +3,10 @@
 //! Three stages run at once, joined by bounded channels so memory stays bounded whatever the
 //! source size:
 //!
-//! 1. **render** (a dedicated rayon pool): read each file, hash it, keep it if it belongs to
-//!    this `--shard` and was not seen before in this run, decode, draw its views, drop views
-//!    whose content key is already committed in the store, render the rest;
+//! 1. **render** (a dedicated rayon pool), over the files of this `--shard` (chosen from the
+//!    listing by path, so other shards' files are never opened): read each file, hash it, keep
+//!    it if its bytes were not seen before in this run, decode, draw its views, drop views whose
+//!    content key is already committed in the store, render the rest;
 //! 2. **teacher** (the calling thread): batches of views through ONNX Runtime;
 //! 3. **write** (its own thread): the encoding (in parallel over views), then rows into this
 //!    run's segment, checkpointed every few seconds, committed at the end with the run's
@@ -15,6 +16,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -88,10 +90,12 @@ pub struct Summary {
     pub images_found: u64,
     /// Images of this shard whose views were extracted or already present.
     pub images_used: u64,
-    /// Images left to other shards.
+    /// Images left to other shards (never read: membership is by path).
     pub images_other_shard: u64,
     /// Files whose bytes equal an earlier file's (extracted once).
     pub images_duplicate: u64,
+    /// Bytes of image files read in this run: the files of this shard only, each once.
+    pub bytes_read: u64,
     /// Views written in this run.
     pub views_written: u64,
     /// Views skipped because their key was already committed.
@@ -153,7 +157,6 @@ enum Outcome {
         views: Vec<PendingView>,
         present: u64,
     },
-    OtherShard,
     Duplicate,
     Bad(BadImage),
 }
@@ -191,7 +194,14 @@ pub fn extract(teacher: &mut Teacher, options: &ExtractOptions) -> Result<Summar
     })?;
     let committed = Arc::new(store.committed_keys()?);
     let bytes_before = store.disk_bytes()?;
-    let files = walk(&options.images)?;
+    let found = walk(&options.images)?;
+    let images_found = found.len() as u64;
+    // This shard's files, known from the listing: the others are never opened.
+    let files: Vec<ImageFile> = found
+        .into_iter()
+        .filter(|f| options.shard.contains(&f.relative))
+        .collect();
+    let images_other_shard = images_found - files.len() as u64;
     let capacity = files.len() as u64 * options.views as u64;
 
     let progress = progress_bar(options.progress, files.len() as u64);
@@ -206,8 +216,8 @@ pub fn extract(teacher: &mut Teacher, options: &ExtractOptions) -> Result<Summar
             header: header.clone(),
             committed,
             views: options.views,
-            shard: options.shard,
             seen: Mutex::new(HashSet::new()),
+            bytes_read: AtomicU64::new(0),
         };
         let threads = options.render_threads.max(1);
         std::thread::spawn(move || render_stage(files, ctx, threads, render_tx))
@@ -230,10 +240,11 @@ pub fn extract(teacher: &mut Teacher, options: &ExtractOptions) -> Result<Summar
             source_root: std::path::absolute(&options.images)
                 .unwrap_or_else(|_| options.images.clone()),
         },
-        images_found: 0,
+        images_found,
         images_used: 0,
-        images_other_shard: 0,
+        images_other_shard,
         images_duplicate: 0,
+        bytes_read: 0,
         views_written: 0,
         views_present: 0,
         bad: Vec::new(),
@@ -251,13 +262,13 @@ pub fn extract(teacher: &mut Teacher, options: &ExtractOptions) -> Result<Summar
     );
     drop(write_tx);
     let writer_result = writer.join().map_err(|_| ExtractError::Stage("write"))?;
-    let images_found = render.join().map_err(|_| ExtractError::Stage("render"))?;
+    let bytes_read = render.join().map_err(|_| ExtractError::Stage("render"))?;
     progress.finish_and_clear();
     // A write failure closes the channel under the teacher stage: report the write error.
     let segment = writer_result?;
     teacher_result?;
 
-    summary.images_found = images_found;
+    summary.bytes_read = bytes_read;
     summary.bad.sort_by(|a, b| a.path.cmp(&b.path));
     summary.wall_s = started.elapsed().as_secs_f64();
     summary.views_per_s = summary.views_written as f64 / summary.wall_s.max(1e-9);
@@ -342,7 +353,6 @@ fn teacher_stage(
                     pending.extend(views);
                 }
             }
-            Outcome::OtherShard => summary.images_other_shard += 1,
             Outcome::Duplicate => summary.images_duplicate += 1,
             Outcome::Bad(bad) => {
                 progress.suspend(|| eprintln!("extract: skipping {}: {}", bad.path, bad.reason));
@@ -366,19 +376,19 @@ struct RenderContext {
     header: StoreHeader,
     committed: Arc<HashSet<Hash32>>,
     views: u32,
-    shard: Shard,
     /// Image hashes seen in this run (duplicates are extracted once).
     seen: Mutex<HashSet<Hash32>>,
+    /// Bytes of image files read so far.
+    bytes_read: AtomicU64,
 }
 
-/// Renders every file on a pool of `threads`; returns the number of files.
+/// Renders every file on a pool of `threads`; returns the bytes of image files read.
 fn render_stage(
     files: Vec<ImageFile>,
     ctx: RenderContext,
     threads: usize,
     out: SyncSender<Outcome>,
 ) -> u64 {
-    let count = files.len() as u64;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("render-{i}"))
@@ -390,7 +400,7 @@ fn render_stage(
             .par_iter()
             .try_for_each_with(out, |out, file| out.send(render_file(file, &ctx)));
     });
-    count
+    ctx.bytes_read.into_inner()
 }
 
 fn render_file(file: &ImageFile, ctx: &RenderContext) -> Outcome {
@@ -404,10 +414,9 @@ fn render_file(file: &ImageFile, ctx: &RenderContext) -> Outcome {
         Ok(b) => b,
         Err(e) => return bad(format!("cannot read: {e}")),
     };
+    ctx.bytes_read
+        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
     let hash = Hash32::of_bytes(&bytes);
-    if !ctx.shard.contains(&hash) {
-        return Outcome::OtherShard;
-    }
     if !ctx.seen.lock().expect("no poisoned lock").insert(hash) {
         return Outcome::Duplicate;
     }

@@ -12,7 +12,7 @@
 //! - images are listed sorted by their `/`-separated path relative to the root.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 /// File extensions read as images (compared case-insensitively).
 pub const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"];
@@ -55,6 +55,19 @@ pub fn walk(root: &Path) -> Result<Vec<ImageFile>, WalkError> {
     walk_folder(root, root, &mut seen, &mut files)?;
     files.sort_by(|a, b| a.relative.cmp(&b.relative));
     Ok(files)
+}
+
+/// Whether `relative` is a path [`walk`] could give: relative to the root, `/`-separated, with
+/// no empty, `.` or `..` part, so that joining it to the root names a file under the root. A
+/// store's image table is made elsewhere: its paths are checked by this before one is opened.
+pub fn is_under_root(relative: &str) -> bool {
+    !relative.is_empty()
+        && relative
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && Path::new(relative)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
 }
 
 /// Whether `path`'s extension is one of [`IMAGE_EXTENSIONS`].
@@ -185,6 +198,45 @@ mod tests {
                 ("dogs/gone.jpg", Some("dogs")),
             ])
         );
+    }
+
+    #[test]
+    fn only_paths_under_the_root_are_under_the_root() {
+        for good in [
+            "a.jpg",
+            "n01/a.JPEG",
+            "n01/sub/a b.png",
+            "..a/b..c.png",
+            ".hidden/x.png",
+        ] {
+            assert!(is_under_root(good), "{good}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x.png",
+            "a/../../x.png",
+            "a/..",
+            "./a.png",
+            "a/./b.png",
+            "a//b.png",
+            "a/",
+            "/",
+        ] {
+            assert!(!is_under_root(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn walked_paths_are_under_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("n01/deep er")).unwrap();
+        for f in ["n01/deep er/a.jpg", "n01/b.png", "c.webp"] {
+            std::fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        for file in walk(dir.path()).unwrap() {
+            assert!(is_under_root(&file.relative), "{}", file.relative);
+        }
     }
 
     #[test]

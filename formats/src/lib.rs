@@ -8,6 +8,7 @@
 //!   from (image hash, run seed, view index) with RandomResizedCrop's recipe;
 //! - [`render`]: the one function that turns image bytes and a view into normalised pixels;
 //! - [`images`]: image folders, walked and labelled by one rule;
+//! - [`shard`]: the parts of an image set (`extract --shard i/n`), by relative path;
 //! - [`hash`]: image hashes, teacher fingerprints and content keys (blake3);
 //! - [`teacher`]: the teacher's geometry (tokens, heads, width, target block, …) and the ONNX
 //!   teacher contract;
@@ -32,6 +33,7 @@ pub mod launch;
 pub mod quant;
 pub mod relation;
 pub mod render;
+pub mod shard;
 pub mod store;
 pub mod teacher;
 pub mod view;

@@ -259,6 +259,37 @@ fn a_key_committed_twice_is_read_once() {
     assert_eq!(reader.verify().unwrap().rows, 6);
 }
 
+#[test]
+fn image_paths_that_leave_the_source_root_are_refused_with_the_entry_named() {
+    for bad in [
+        "/etc/passwd",
+        "../outside.png",
+        "cats/../../x.png",
+        "",
+        "./a.png",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let header = header(Encoding::Maps);
+        let store = create(dir.path(), &header);
+        // Rows 2 and 3 are views of image 1, the table's second entry.
+        let mut written = rows(&header, 0, 4);
+        for (image, _, _) in written.iter_mut().skip(2) {
+            image.path = bad.to_string();
+        }
+        let mut writer = store.begin_segment(8).unwrap();
+        push_all(&mut writer, &written);
+        writer.commit(serde_json::Value::Null).unwrap();
+        let err = store.reader().err().expect("a refusal").to_string();
+        let entry =
+            format!("image table entry 1 is `{bad}`, which is not a path under the source root");
+        assert!(
+            err.contains("images/path") && err.contains(&entry),
+            "{bad}: {err}"
+        );
+        assert!(err.contains(&dir.path().display().to_string()), "{err}");
+    }
+}
+
 /// Opens `path` with `other` and returns the error message, which must be a mismatch.
 fn refusal(path: &Path, other: &StoreHeader) -> String {
     match RelationStore::create_or_open(path, other, params_for(other.encoding).as_ref()) {

@@ -15,6 +15,7 @@ use super::{
 };
 use crate::encoding::Targets;
 use crate::hash::{content_key, Hash32};
+use crate::images::is_under_root;
 use crate::relation::decode_maps;
 use crate::view::View;
 use half::f16;
@@ -393,6 +394,15 @@ fn read_image_table(storage: &Arc<Storage>, segment: &str, len: u64) -> Result<V
     let table = ImageArrays::open(storage, segment)?;
     let hash = hashes(read_rows::<u8>(&table.hash, 0..len)?);
     let path = read_rows::<String>(&table.path, 0..len)?;
+    if let Some((i, bad)) = path.iter().enumerate().find(|(_, p)| !is_under_root(p)) {
+        return Err(StoreError::corrupt(
+            &format!("{segment}/images/path"),
+            format!(
+                "image table entry {i} is `{bad}`, which is not a path under the source root \
+                 (absolute, empty, or with a `.` or `..` part): refused before any image is opened"
+            ),
+        ));
+    }
     let size = read_rows::<u64>(&table.size, 0..len)?;
     let label = read_rows::<String>(&table.label, 0..len)?;
     Ok(hash
