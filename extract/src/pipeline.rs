@@ -4,7 +4,9 @@
 //! source size:
 //!
 //! 1. **render** (a dedicated rayon pool), over the files of this `--shard` (chosen from the
-//!    listing by path, so other shards' files are never opened): read each file, hash it, keep
+//!    listing by path, so other shards' files are never opened): skip, unopened, a file the
+//!    store has done (same path, size and modification time in its image table, its views
+//!    stored: [`DoneFiles`]); read each other file, hash it, keep
 //!    it if its bytes were not seen before in this run, decode, draw its views, drop views whose
 //!    content key is already committed in the store, render the rest;
 //! 2. **teacher** (the calling thread): batches of views through ONNX Runtime;
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
-use tinymim_formats::images::{walk, ImageFile, WalkError};
+use tinymim_formats::images::{modification_time, walk, ImageFile, WalkError};
 use tinymim_formats::view::sample_views;
 use tinymim_formats::{
     content_key, Encoding, Hash32, ImageEntry, RelationStore, RowMeta, SourceImage, SourceRoot,
@@ -32,7 +34,7 @@ use tinymim_formats::{
 };
 
 use crate::encode::{encode_batch, EncodeError};
-use crate::source::Shard;
+use crate::source::{DoneFiles, Shard};
 use crate::teacher::{Teacher, TeacherBatch, TeacherError};
 
 /// What to extract and where to.
@@ -90,6 +92,9 @@ pub struct Summary {
     pub images_found: u64,
     /// Images of this shard whose views were extracted or already present.
     pub images_used: u64,
+    /// Of those, images skipped without opening the file: the store's image table records
+    /// the same path, size and modification time, and the store holds their views.
+    pub images_unchanged: u64,
     /// Images left to other shards (never read: membership is by path).
     pub images_other_shard: u64,
     /// Files whose bytes equal an earlier file's (extracted once).
@@ -157,6 +162,10 @@ enum Outcome {
         views: Vec<PendingView>,
         present: u64,
     },
+    /// A file the store has done ([`DoneFiles`]), with its views counted as present.
+    Unchanged {
+        present: u64,
+    },
     Duplicate,
     Bad(BadImage),
 }
@@ -192,7 +201,11 @@ pub fn extract(teacher: &mut Teacher, options: &ExtractOptions) -> Result<Summar
             source,
         }
     })?;
-    let committed = Arc::new(store.committed_keys()?);
+    let (committed, done) = {
+        let reader = store.reader()?;
+        let keys: HashSet<Hash32> = (0..reader.len()).map(|i| reader.row(i).key).collect();
+        (Arc::new(keys), DoneFiles::of(&reader, options.views))
+    };
     let bytes_before = store.disk_bytes()?;
     let found = walk(&options.images)?;
     let images_found = found.len() as u64;
@@ -216,6 +229,7 @@ pub fn extract(teacher: &mut Teacher, options: &ExtractOptions) -> Result<Summar
             header: header.clone(),
             committed,
             views: options.views,
+            done,
             seen: Mutex::new(HashSet::new()),
             bytes_read: AtomicU64::new(0),
         };
@@ -242,6 +256,7 @@ pub fn extract(teacher: &mut Teacher, options: &ExtractOptions) -> Result<Summar
         },
         images_found,
         images_used: 0,
+        images_unchanged: 0,
         images_other_shard,
         images_duplicate: 0,
         bytes_read: 0,
@@ -353,6 +368,11 @@ fn teacher_stage(
                     pending.extend(views);
                 }
             }
+            Outcome::Unchanged { present } => {
+                summary.images_used += 1;
+                summary.images_unchanged += 1;
+                summary.views_present += present;
+            }
             Outcome::Duplicate => summary.images_duplicate += 1,
             Outcome::Bad(bad) => {
                 progress.suspend(|| eprintln!("extract: skipping {}: {}", bad.path, bad.reason));
@@ -376,6 +396,8 @@ struct RenderContext {
     header: StoreHeader,
     committed: Arc<HashSet<Hash32>>,
     views: u32,
+    /// Files the store has done: skipped unopened.
+    done: DoneFiles,
     /// Image hashes seen in this run (duplicates are extracted once).
     seen: Mutex<HashSet<Hash32>>,
     /// Bytes of image files read so far.
@@ -409,6 +431,18 @@ fn render_file(file: &ImageFile, ctx: &RenderContext) -> Outcome {
             path: file.relative.clone(),
             reason,
         })
+    };
+    let modified = match std::fs::metadata(&file.path) {
+        Ok(meta) => {
+            let modified = modification_time(&meta);
+            if modified.is_some_and(|m| ctx.done.contains(&file.relative, meta.len(), m)) {
+                return Outcome::Unchanged {
+                    present: u64::from(ctx.views),
+                };
+            }
+            modified
+        }
+        Err(e) => return bad(format!("cannot read: {e}")),
     };
     let bytes = match std::fs::read(&file.path) {
         Ok(b) => b,
@@ -461,6 +495,7 @@ fn render_file(file: &ImageFile, ctx: &RenderContext) -> Outcome {
             path: file.relative.clone(),
             size: bytes.len() as u64,
             label: file.label.clone(),
+            modified,
         },
         views,
         present,

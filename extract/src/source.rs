@@ -4,8 +4,49 @@
 //! Without `--shard`, a process started by a launcher takes its part from the launcher
 //! ([`choose_shard`], [`tinymim_formats::launch::extraction_part`]).
 
+use std::collections::HashMap;
+
 use tinymim_formats::launch::{extraction_part, LaunchError};
 pub use tinymim_formats::shard::Shard;
+use tinymim_formats::{Hash32, StoreReader};
+
+/// The files a store has done, so that a rerun skips them without opening them: the path, size
+/// and modification time recorded in the store's image tables for every image of which the
+/// store holds at least `views` rows. A file whose path, size or modification time differs is
+/// read again (and its views already committed are still skipped by content key).
+#[derive(Debug, Default)]
+pub struct DoneFiles {
+    /// Relative path → (size, modification time) of each done image recorded at that path.
+    files: HashMap<String, Vec<(u64, i64)>>,
+}
+
+impl DoneFiles {
+    /// The done files of the store `reader` reads, for runs of `views` views per image.
+    pub fn of(reader: &StoreReader, views: u32) -> Self {
+        let mut rows: HashMap<Hash32, u32> = HashMap::new();
+        for i in 0..reader.len() {
+            *rows.entry(reader.row(i).image).or_default() += 1;
+        }
+        let mut files: HashMap<String, Vec<(u64, i64)>> = HashMap::new();
+        for entry in reader.images() {
+            let done = rows.get(&entry.hash).is_some_and(|&n| n >= views);
+            if let (true, Some(modified)) = (done, entry.modified) {
+                files
+                    .entry(entry.path.clone())
+                    .or_default()
+                    .push((entry.size, modified));
+            }
+        }
+        DoneFiles { files }
+    }
+
+    /// Whether the file at `relative` with this size and modification time is done.
+    pub fn contains(&self, relative: &str, size: u64, modified: i64) -> bool {
+        self.files
+            .get(relative)
+            .is_some_and(|seen| seen.contains(&(size, modified)))
+    }
+}
 
 /// The shard this process handles and, when there is something to say, a line for stderr
 /// saying where it came from.

@@ -476,6 +476,56 @@ fn run_at_once(images: &Path, store: &Path, processes: &[Process]) -> Vec<String
     logs
 }
 
+/// A rerun skips, without opening it, every file whose path, size and modification time the
+/// store recorded with its views: an unchanged file overwritten with garbage of the same size and
+/// given back its modification time is not seen; a touched file and a replaced one are read
+/// again, the touched one's views found present, the replaced one's extracted.
+#[test]
+fn a_rerun_skips_unchanged_files_unopened_and_reads_changed_ones() {
+    let images = image_folder(&PHOTOS);
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("r.zarr");
+    let first = run_ok(images.path(), &store, &[]);
+    assert_eq!(first["views_written"], PHOTOS.len() as u64 * VIEWS as u64);
+    assert_eq!(first["images_unchanged"], 0);
+
+    let [unchanged, touched, replaced] = PHOTOS.map(|f| images.path().join(f));
+    let when = std::fs::metadata(&unchanged).unwrap().modified().unwrap();
+    let len = std::fs::metadata(&unchanged).unwrap().len() as usize;
+    std::fs::write(&unchanged, vec![0xA5; len]).unwrap();
+    let set_modified = |path: &Path, time| {
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(time).unwrap();
+    };
+    set_modified(&unchanged, when);
+    let later = std::fs::metadata(&touched).unwrap().modified().unwrap() + Duration::from_secs(5);
+    set_modified(&touched, later);
+    std::fs::copy(common::photo("motorcycle_left.png"), &replaced).unwrap();
+
+    let again = run_ok(images.path(), &store, &[]);
+    assert_eq!(again["bad"], serde_json::json!([]), "{again}");
+    assert_eq!(again["images_unchanged"], 1, "{again}");
+    assert_eq!(again["images_used"], PHOTOS.len() as u64, "{again}");
+    assert_eq!(
+        again["bytes_read"],
+        bytes_of(images.path(), &PHOTOS[1..]),
+        "{again}"
+    );
+    assert_eq!(again["views_written"], VIEWS as u64, "{again}");
+    assert_eq!(again["views_present"], 2 * VIEWS as u64, "{again}");
+
+    // The replaced file's new entry is done in its turn; the touched file, whose rows were all
+    // present, was given no new entry and is read again.
+    let third = run_ok(images.path(), &store, &[]);
+    assert_eq!(third["images_unchanged"], 2, "{third}");
+    assert_eq!(third["views_written"], 0, "{third}");
+    assert_eq!(
+        third["bytes_read"],
+        bytes_of(images.path(), &PHOTOS[1..2]),
+        "{third}"
+    );
+}
+
 /// The sizes of `files` under `dir`, summed.
 fn bytes_of(dir: &Path, files: &[&str]) -> u64 {
     files

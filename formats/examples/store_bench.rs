@@ -67,6 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 path: format!("img_{i}.jpg"),
                 size: 1,
                 label: None,
+                modified: None,
             };
             let view = View {
                 x: 0,

@@ -70,6 +70,17 @@ pub fn is_under_root(relative: &str) -> bool {
             .all(|c| matches!(c, Component::Normal(_)))
 }
 
+/// A file's modification time as image tables record it: nanoseconds since the Unix epoch
+/// (`None` where the file system gives none, or one before the epoch).
+pub fn modification_time(metadata: &std::fs::Metadata) -> Option<i64> {
+    let since = metadata
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    i64::try_from(since.as_nanos()).ok()
+}
+
 /// Whether `path`'s extension is one of [`IMAGE_EXTENSIONS`].
 pub fn is_image_name(path: &Path) -> bool {
     path.extension()

@@ -290,6 +290,23 @@ fn image_paths_that_leave_the_source_root_are_refused_with_the_entry_named() {
     }
 }
 
+#[test]
+fn segments_written_before_modification_times_were_recorded_read_as_not_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, written) = committed_store(dir.path());
+    assert!(written.iter().any(|(image, _, _)| image.modified.is_some()));
+    let table = dir.path().join("segments").join(&id).join("images");
+    std::fs::remove_dir_all(table.join("modified")).unwrap();
+    let reader = RelationStore::open(dir.path()).unwrap().reader().unwrap();
+    for (image, _, _) in &written {
+        let expected = ImageEntry {
+            modified: None,
+            ..image.clone()
+        };
+        assert_eq!(reader.image(&image.hash), Some(&expected));
+    }
+}
+
 /// Opens `path` with `other` and returns the error message, which must be a mismatch.
 fn refusal(path: &Path, other: &StoreHeader) -> String {
     match RelationStore::create_or_open(path, other, params_for(other.encoding).as_ref()) {

@@ -118,6 +118,7 @@ fn random_store(
             path: format!("img{}.jpg", r / 4),
             size,
             label: None,
+            modified: None,
         })?;
         let view = sample_views(&header.recipe, &image, 500, 333, 4)[r % 4];
         let key = content_key(

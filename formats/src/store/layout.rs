@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use zarrs::array::codec::{Crc32cCodec, ZstdCodec};
-use zarrs::array::{data_type, Array, ArrayBuilder, ArrayMetadataOptions, ChunkKeySeparator};
+use zarrs::array::{
+    data_type, Array, ArrayBuilder, ArrayCreateError, ArrayMetadataOptions, ChunkKeySeparator,
+};
 use zarrs::group::{Group, GroupCreateError};
 use zarrs::metadata::v3::GroupMetadataV3;
 use zarrs::node::{meta_key_v3, NodePath};
@@ -125,6 +127,16 @@ fn create(backend: &Backend, path: &str, builder: &ArrayBuilder) -> Result<Store
 /// Opens an existing array.
 pub(crate) fn open(storage: &Arc<Storage>, path: &str) -> Result<StoreArray> {
     Array::open(storage.clone(), path).map_err(zarr_err(path))
+}
+
+/// Opens the array at `path`; `None` when it has no metadata (an array added to the layout
+/// after the segment was written).
+fn open_if_present(storage: &Arc<Storage>, path: &str) -> Result<Option<StoreArray>> {
+    match Array::open(storage.clone(), path) {
+        Ok(array) => Ok(Some(array)),
+        Err(ArrayCreateError::MissingMetadata) => Ok(None),
+        Err(e) => Err(StoreError::zarr(path, e)),
+    }
 }
 
 /// The row arrays of a segment. `targets` (and `ln1-int8`'s `scale`) are sharded, with inner
@@ -247,7 +259,8 @@ impl RowArrays {
     }
 }
 
-/// The image table of a segment: `images/{hash,path,size,label}`, chunked by 1024 entries.
+/// The image table of a segment: `images/{hash,path,size,label,modified}`, chunked by 1024
+/// entries (`modified` is absent from segments written before it was recorded).
 /// Chunks are replaced atomically (written under a staging array, then renamed), because a
 /// checkpoint rewrites the last, partly filled chunk.
 pub(crate) struct ImageArrays {
@@ -255,13 +268,17 @@ pub(crate) struct ImageArrays {
     pub path: StoreArray,
     pub size: StoreArray,
     pub label: StoreArray,
+    pub modified: Option<StoreArray>,
 }
+
+/// The stored `images/modified` value of an entry whose modification time is not recorded.
+pub(crate) const NOT_RECORDED: i64 = i64::MIN;
 
 impl ImageArrays {
     /// Entries per chunk.
     pub(crate) const CHUNK: u64 = IMAGE_CHUNK;
 
-    fn builders(capacity: u64) -> [(&'static str, ArrayBuilder); 4] {
+    fn builders(capacity: u64) -> [(&'static str, ArrayBuilder); 5] {
         let mut b = [
             (
                 "hash",
@@ -279,6 +296,15 @@ impl ImageArrays {
                 "label",
                 builder(vec![capacity], IMAGE_CHUNK, data_type::string(), ""),
             ),
+            (
+                "modified",
+                builder(
+                    vec![capacity],
+                    IMAGE_CHUNK,
+                    data_type::int64(),
+                    NOT_RECORDED,
+                ),
+            ),
         ];
         // Flat chunk keys (`c.3`), so a staged chunk is renamed within one folder.
         for (_, builder) in &mut b {
@@ -290,13 +316,14 @@ impl ImageArrays {
     /// Creates the image table of a new segment, for at most `capacity` images.
     pub(crate) fn create(backend: &Backend, segment: &str, capacity: u64) -> Result<Self> {
         write_group(backend, &format!("{segment}/images"), Default::default())?;
-        let [hash, path, size, label] = Self::builders(capacity)
+        let [hash, path, size, label, modified] = Self::builders(capacity)
             .map(|(name, b)| create(backend, &format!("{segment}/images/{name}"), &b));
         Ok(ImageArrays {
             hash: hash?,
             path: path?,
             size: size?,
             label: label?,
+            modified: Some(modified?),
         })
     }
 
@@ -307,17 +334,20 @@ impl ImageArrays {
             path: open(storage, &format!("{segment}/images/path"))?,
             size: open(storage, &format!("{segment}/images/size"))?,
             label: open(storage, &format!("{segment}/images/label"))?,
+            modified: open_if_present(storage, &format!("{segment}/images/modified"))?,
         })
     }
 
-    /// All four arrays.
-    pub(crate) fn all_mut(&mut self) -> [&mut StoreArray; 4] {
-        [
+    /// Every array of the table.
+    pub(crate) fn all_mut(&mut self) -> Vec<&mut StoreArray> {
+        let mut all = vec![
             &mut self.hash,
             &mut self.path,
             &mut self.size,
             &mut self.label,
-        ]
+        ];
+        all.extend(self.modified.as_mut());
+        all
     }
 }
 

@@ -20,6 +20,8 @@
 //!    images/path  [M]     string   path relative to the source root (Zarr v3 `string`, vlen-utf8)
 //!    images/size  [M]     uint64   file size in bytes
 //!    images/label [M]     string   class label, "" = none
+//!    images/modified [M]  int64    the file's modification time, ns since the Unix epoch, when it
+//!                                  was read; i64::MIN = not recorded (absent in older segments)
 //! ```
 //!
 //! Segment ids are `<unix seconds>-<pid>-<n>-<8 hex>`; readers order rows by segment id. Until

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use super::backend::Storage;
 
-use super::layout::{row_chunk, zarr_err, ImageArrays, RowArrays, SegmentState, StoreArray};
+use super::layout::{
+    row_chunk, zarr_err, ImageArrays, RowArrays, SegmentState, StoreArray, NOT_RECORDED,
+};
 use super::targets::TargetRows;
 use super::{
     ImageEntry, QkvParams, Result, RowMeta, StoreError, StoreHeader, VerifyProblem, VerifyReport,
@@ -143,6 +145,11 @@ impl StoreReader {
     /// The image-table entry of an image hash (tables of all segments merged).
     pub fn image(&self, hash: &Hash32) -> Option<&ImageEntry> {
         self.images.get(hash)
+    }
+
+    /// Every image-table entry, one per image hash (the first segment's), in no order.
+    pub fn images(&self) -> impl Iterator<Item = &ImageEntry> {
+        self.images.values()
     }
 
     /// The stored targets of row `i`, as encoded: `encoding.row_len(geometry)` values (and
@@ -405,16 +412,22 @@ fn read_image_table(storage: &Arc<Storage>, segment: &str, len: u64) -> Result<V
     }
     let size = read_rows::<u64>(&table.size, 0..len)?;
     let label = read_rows::<String>(&table.label, 0..len)?;
+    let modified = match &table.modified {
+        Some(array) => read_rows::<i64>(array, 0..len)?,
+        None => vec![NOT_RECORDED; len as usize],
+    };
     Ok(hash
         .into_iter()
         .zip(path)
         .zip(size)
         .zip(label)
-        .map(|(((hash, path), size), label)| ImageEntry {
+        .zip(modified)
+        .map(|((((hash, path), size), label), modified)| ImageEntry {
             hash,
             path,
             size,
             label: (!label.is_empty()).then_some(label),
+            modified: (modified != NOT_RECORDED).then_some(modified),
         })
         .collect())
 }

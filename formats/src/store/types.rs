@@ -83,6 +83,10 @@ pub struct ImageEntry {
     pub size: u64,
     /// Class label (ImageNet layout: the parent folder), if any.
     pub label: Option<String>,
+    /// The file's modification time when it was read, in nanoseconds since the Unix epoch
+    /// (`None`: not recorded, as in segments written before it was). With `path` and `size` it
+    /// lets a rerun skip a file it has done without opening it.
+    pub modified: Option<i64>,
 }
 
 /// The metadata of one row: its content key, the source image and the view.

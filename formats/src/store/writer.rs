@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::backend::Backend;
 use super::layout::{
     replace_chunk, row_chunk, write_array_metadata, zarr_err, ImageArrays, RowArrays, SegmentState,
+    NOT_RECORDED,
 };
 use super::{ImageEntry, Result, RowMeta, SegmentInfo, StoreError, StoreHeader};
 use crate::encoding::Targets;
@@ -312,6 +313,14 @@ impl SegmentWriter {
                 c,
                 strings(|e| e.label.as_deref().unwrap_or("")),
             )?;
+            if let Some(modified) = &a.modified {
+                let mut times: Vec<i64> = entries
+                    .iter()
+                    .map(|e| e.modified.unwrap_or(NOT_RECORDED))
+                    .collect();
+                times.resize(times.len() + pad, NOT_RECORDED);
+                replace_chunk(b, modified, c, times)?;
+            }
         }
         Ok(())
     }

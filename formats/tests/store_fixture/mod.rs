@@ -80,6 +80,10 @@ pub fn image(i: u64) -> ImageEntry {
         path: format!("class{}/img_{i}.jpg", i % 3),
         size: 1000 + i,
         label: (!i.is_multiple_of(3)).then(|| format!("class{}", i % 3)),
+        // Recorded for even images only: both kinds of entry round-trip.
+        modified: i
+            .is_multiple_of(2)
+            .then(|| 1_765_000_000_000_000_000 + i as i64),
     }
 }
 

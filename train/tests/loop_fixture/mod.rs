@@ -131,6 +131,7 @@ pub fn write_store(
                 path: image.relative.clone(),
                 size: image.size,
                 label: image.label.clone(),
+                modified: None,
             })
             .unwrap();
         let (decoded, _) = SourceImage::open(&image.path).unwrap();
