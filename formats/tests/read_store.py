@@ -68,6 +68,7 @@ def main(path):
                     "path": [str(p) for p in table["path"][:images]],
                     "size": table["size"][:images].tolist(),
                     "label": [str(label) for label in table["label"][:images]],
+                    "modified": table["modified"][:images].tolist(),
                 },
             }
         )

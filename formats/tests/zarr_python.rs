@@ -161,6 +161,12 @@ fn writes_and_zarr_python_reads(encoding: Encoding, path: &Path, env: &[(&str, S
                 .map(|e| e.label.as_deref().unwrap_or(""))
                 .collect();
             assert_eq!(segment["images"]["label"], serde_json::json!(labels));
+            // Modification times as int64 nanoseconds, i64::MIN where none was recorded.
+            let modified: Vec<i64> = entries
+                .iter()
+                .map(|e| e.modified.unwrap_or(i64::MIN))
+                .collect();
+            assert_eq!(segment["images"]["modified"], serde_json::json!(modified));
         }
 
         match params {
