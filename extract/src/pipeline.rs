@@ -418,9 +418,9 @@ fn render_stage(
         .expect("a thread pool");
     pool.install(|| {
         // `try_for_each` stops early once the teacher stage has hung up.
-        let _ = files
-            .par_iter()
-            .try_for_each_with(out, |out, file| out.send(render_file(file, &ctx)));
+        let _ = files.par_iter().try_for_each_with(out, |out, file| {
+            out.send(render_file(file, &ctx)).map_err(|_| ())
+        });
     });
     ctx.bytes_read.into_inner()
 }
