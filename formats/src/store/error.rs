@@ -62,6 +62,13 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// An environment variable the store reads holds a value it cannot use.
+    #[error("{name}={value}: {reason}")]
+    Environment {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
     /// A file-system operation failed.
     #[error("{path}: {source}")]
     Io {

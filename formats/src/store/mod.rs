@@ -82,7 +82,9 @@ use std::sync::Arc;
 
 use zarrs::storage::{ListableStorageTraits, StorePrefix};
 
-pub use backend::{StoreLocation, OBJECT_FETCHES};
+pub use backend::{
+    object_fetches, StoreLocation, MAX_OBJECT_FETCHES, OBJECT_FETCHES, OBJECT_FETCHES_VARIABLE,
+};
 pub use error::{Result, StoreError};
 pub use reader::StoreReader;
 pub use types::{

@@ -30,9 +30,40 @@ use super::{Result, StoreError};
 /// The zarrs storage every store node is read and written through.
 pub(crate) type Storage = dyn ReadableWritableListableStorageTraits;
 
-/// Concurrent requests a reader keeps in flight against object storage (rows are fetched as
-/// byte ranges of their shards, one request per row, so latency is hidden by concurrency).
+/// Concurrent requests a reader keeps in flight against object storage by default (rows are
+/// fetched as byte ranges of their shards, one request per row, so latency is hidden by
+/// concurrency); [`OBJECT_FETCHES_VARIABLE`] sets another number.
 pub const OBJECT_FETCHES: usize = 32;
+
+/// The environment variable that sets how many requests a reader keeps in flight against
+/// object storage, 1 to [`MAX_OBJECT_FETCHES`] (a high-latency store wants more).
+pub const OBJECT_FETCHES_VARIABLE: &str = "TINYMIM_S3_REQUESTS";
+
+/// The most requests in flight [`OBJECT_FETCHES_VARIABLE`] may ask for (one thread each).
+pub const MAX_OBJECT_FETCHES: usize = 1024;
+
+/// Requests a reader keeps in flight against object storage: `$TINYMIM_S3_REQUESTS`, else
+/// [`OBJECT_FETCHES`]; a value that is no number from 1 to [`MAX_OBJECT_FETCHES`] is refused.
+pub fn object_fetches() -> Result<usize> {
+    fetches_from(std::env::var_os(OBJECT_FETCHES_VARIABLE).as_deref())
+}
+
+/// [`object_fetches`] for the variable's value `value`.
+fn fetches_from(value: Option<&std::ffi::OsStr>) -> Result<usize> {
+    let Some(value) = value else {
+        return Ok(OBJECT_FETCHES);
+    };
+    let text = value.to_string_lossy();
+    text.trim()
+        .parse()
+        .ok()
+        .filter(|n| (1..=MAX_OBJECT_FETCHES).contains(n))
+        .ok_or_else(|| StoreError::Environment {
+            name: OBJECT_FETCHES_VARIABLE,
+            value: text.into_owned(),
+            reason: format!("requests in flight must be a number from 1 to {MAX_OBJECT_FETCHES}"),
+        })
+}
 
 /// Where a store is, parsed from the path a user gives: `s3://bucket/prefix` (or `s3a://`) is a
 /// prefix in an S3-compatible bucket, anything else a local folder.
@@ -260,4 +291,28 @@ impl Backend {
 /// The folder holding `path`.
 fn folder_of(path: &Path) -> &Path {
     path.parent().unwrap_or(Path::new("."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn requests_in_flight_default_to_32_and_take_numbers_from_1_to_1024() {
+        assert_eq!(fetches_from(None).unwrap(), OBJECT_FETCHES);
+        for (value, n) in [("1", 1), (" 64 ", 64), ("1024", 1024)] {
+            assert_eq!(fetches_from(Some(OsStr::new(value))).unwrap(), n, "{value}");
+        }
+        for value in ["0", "1025", "-3", "many", ""] {
+            let err = fetches_from(Some(OsStr::new(value)))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("TINYMIM_S3_REQUESTS={value}: "))
+                    && err.contains("1 to 1024"),
+                "{err}"
+            );
+        }
+    }
 }

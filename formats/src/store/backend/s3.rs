@@ -21,7 +21,7 @@ use zarrs::storage::{
 };
 use zarrs_object_store::AsyncObjectStore;
 
-use super::{Storage, OBJECT_FETCHES};
+use super::{object_fetches, Storage, OBJECT_FETCHES};
 use crate::store::{Result, StoreError};
 
 /// The storage of the store at `prefix` of `bucket` (`shown` is the URL the user gave, for
@@ -31,6 +31,7 @@ pub(super) fn open(
     prefix: &str,
     shown: &Path,
 ) -> Result<(Arc<Storage>, Arc<dyn ObjectStore>)> {
+    object_fetches()?;
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
     // An http:// endpoint (a local MinIO or test server) is what the user asked for.
     let endpoint = [AmazonS3ConfigKey::S3Endpoint, AmazonS3ConfigKey::Endpoint]
@@ -82,13 +83,13 @@ pub(super) fn create(
 )]
 struct ConditionalWriteError(String);
 
-/// The process's [`OBJECT_FETCHES`] threads for concurrent reads from object storage, started
-/// on first use.
+/// The process's threads for concurrent reads from object storage, one per request in flight
+/// ([`object_fetches`], checked when a store is opened), started on first use.
 pub(super) fn fetch_pool() -> &'static rayon::ThreadPool {
     static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
     POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()
-            .num_threads(OBJECT_FETCHES)
+            .num_threads(object_fetches().unwrap_or(OBJECT_FETCHES))
             .thread_name(|i| format!("tinymim-fetch-{i}"))
             .build()
             .expect("the OS can start the fetch threads")
