@@ -61,10 +61,10 @@ pub fn walk(root: &Path) -> Result<Vec<ImageFile>, WalkError> {
 /// no empty, `.` or `..` part, so that joining it to the root names a file under the root. A
 /// store's image table is made elsewhere: its paths are checked by this before one is opened.
 pub fn is_under_root(relative: &str) -> bool {
-    !relative.is_empty()
-        && relative
-            .split('/')
-            .all(|part| !part.is_empty() && part != "." && part != "..")
+    // `"".split('/')` is one empty part: the empty path is refused too.
+    relative
+        .split('/')
+        .all(|part| !part.is_empty() && part != "." && part != "..")
         && Path::new(relative)
             .components()
             .all(|c| matches!(c, Component::Normal(_)))

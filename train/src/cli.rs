@@ -81,7 +81,8 @@ impl PrecisionArg {
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// Relation store written by `extract` (cache mode): a folder, or an `s3://BUCKET/PREFIX`
-    /// URL on S3-compatible object storage (endpoint and credentials from the AWS_* variables).
+    /// URL on S3-compatible object storage (endpoint and credentials from the AWS_* variables;
+    /// TINYMIM_S3_REQUESTS sets the requests in flight, default 32).
     #[arg(
         long,
         value_name = "STORE",
